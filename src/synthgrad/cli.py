@@ -1,0 +1,178 @@
+"""The `synthgrad` command. It only parses arguments into configs and calls the library.
+
+User errors (bad values, bad files, an occupied output directory) end in one line on stderr and exit code 2;
+a diverged run exits 3; Ctrl-C exits 130 with the checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from synthgrad.errors import SynthgradError
+
+EXIT_USER_ERROR = 2
+EXIT_DIVERGED = 3
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad command line in one line (no usage block) and exits 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    v = int(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def _int_tuple(text: str) -> tuple[int, ...]:
+    """'1024,1024' -> (1024, 1024); '' or 'none' -> ()."""
+    if text.strip().lower() in ("", "none"):
+        return ()
+    return tuple(int(x) for x in text.split(","))
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    """Every `TrainConfig` field as an option. Defaults are None so that only given options override."""
+    g = p.add_argument_group("data")
+    g.add_argument("--config", help="a TOML experiment file, or the name of a shipped one (synthgrad configs)")
+    g.add_argument("--dataset", choices=["mnist", "cifar10"])
+    g.add_argument("--data-dir", help="directory with the data files (default: $SYNTHGRAD_DATA_DIR)")
+    g.add_argument("--download", action="store_true", default=None, help="download missing files (verified)")
+    g.add_argument("--train-limit", type=_positive_int, help="use only the first N training examples")
+    g = p.add_argument_group("model and method")
+    g.add_argument("--model", choices=["fcn", "cnn"])
+    g.add_argument("--layers", type=int, help="N layers = N-1 hidden layers + the output layer")
+    g.add_argument("--width", type=_positive_int, help="FCN units / CNN filters per layer")
+    g.add_argument("--method", choices=["backprop", "dni", "cdni"])
+    g.add_argument("--synthesizer", choices=["linear", "mlp", "conv"], help="default: the paper's per method")
+    g.add_argument("--synthesizer-hidden", type=_int_tuple, help="hidden widths, e.g. 1024,1024")
+    g.add_argument("--update-prob", type=float, help="update decoupling: each module updates with probability P")
+    g.add_argument("--unlock", choices=["full"], help="complete unlock: synthetic inputs and gradients")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int)
+    g.add_argument("--batch-size", type=int)
+    g.add_argument("--lr", type=float)
+    g.add_argument("--synthesizer-lr", type=float)
+    g.add_argument("--seed", type=int)
+    g = p.add_argument_group("running")
+    g.add_argument("--device", help="cpu, cuda or cuda:N")
+    g.add_argument("--threads", type=_positive_int, help="torch intra-op threads (default: all cores)")
+    g.add_argument("--diagnose-every", type=int, help="steps between synthetic-vs-true gradient checks (0: off)")
+    g.add_argument("--out", help="output directory (default runs/train)")
+    g.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def config_from_args(args: argparse.Namespace):
+    """TrainConfig from defaults <- config file <- command-line options."""
+    from synthgrad.config import from_dict, load_config_file
+
+    values = load_config_file(args.config) if args.config else {}
+    overrides = {
+        k: v
+        for k, v in vars(args).items()
+        if v is not None and k not in ("config", "resume", "no_progress", "command", "func", "suite")
+    }
+    return from_dict({**values, **overrides}).validate()
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from synthgrad.train import train
+
+    cfg = config_from_args(args)
+    summary = train(cfg, resume=args.resume, progress=False if args.no_progress else None)
+    print(
+        f"{summary['method']}: test error {summary['test_error']:.2f}% after {summary['epochs']} epochs "
+        f"({summary['wall_time_s']:.1f}s); results in {cfg.out}"
+    )
+    return 0
+
+
+def _cmd_configs(args: argparse.Namespace) -> int:
+    from synthgrad.config import load_config_file, named_configs
+
+    for name in named_configs():
+        about = load_config_file(name)
+        print(f"{name:28s} {about.get('method', ''):9s} {about.get('model', '')} {about.get('layers', '')} layers")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from synthgrad.experiments import demo
+
+    demo(data_dir=args.data_dir, out=args.out, epochs=args.epochs, layers=args.layers, progress=not args.no_progress)
+    return 0
+
+
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from synthgrad.experiments import reproduce_feedforward
+
+    reproduce_feedforward(
+        data_dir=args.data_dir,
+        out=args.out,
+        epochs=args.epochs,
+        seeds=args.seeds,
+        quick=args.quick,
+        progress=not args.no_progress,
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="synthgrad", description="Decoupled Neural Interfaces with synthetic gradients")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("train", help="train one model (backprop, DNI or cDNI)")
+    add_train_arguments(p)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("demo", help="MNIST FCN with backprop, DNI and cDNI on a short budget, side by side")
+    p.add_argument("--data-dir")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--epochs", type=_positive_int, default=3)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("reproduce", help="run a paper experiment suite and write a report beside the paper's")
+    p.add_argument("suite", choices=["feedforward"])
+    p.add_argument("--data-dir")
+    p.add_argument("--out", default="runs/reproduce")
+    p.add_argument("--epochs", type=_positive_int, default=10)
+    p.add_argument("--seeds", type=_positive_int, default=1, help="seeds per row (mean is reported)")
+    p.add_argument("--quick", action="store_true", help="a smoke-sized run of every row (tiny budget)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_reproduce)
+
+    p = sub.add_parser("configs", help="list the shipped experiment configs")
+    p.set_defaults(func=_cmd_configs)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from synthgrad.train import TrainingDiverged
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except TrainingDiverged as e:
+        print(f"synthgrad: error: {e}", file=sys.stderr)
+        return EXIT_DIVERGED
+    except SynthgradError as e:
+        print(f"synthgrad: error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("synthgrad: interrupted; the last checkpoint is intact (--resume continues)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,341 @@
+"""Decoupled training of a chain of modules: each module updates at once from a synthetic gradient.
+
+`DecoupledSequential` holds modules f_1 … f_N of the user's own network, one optimizer per module, and a
+gradient synthesizer M_i on every cut (the output of f_i for i < N). One `train_step` does, bottom to top
+(PAPER.md §1):
+
+    h_i  = f_i(h_{i-1})                       the module's forward pass, on a detached input
+    ĝ_i  = M_i(h_i, c)                        synthetic gradient, per-example units ([Note: SG units])
+    θ_i ← opt_i(θ_i, (∂h_i/∂θ_i)ᵀ ĝ_i / B)    update at once: f_{i+1} has not even run forward yet
+    M_{i-1} regresses onto (∂h_i/∂h_{i-1})ᵀ ĝ_i  (bootstrapped target, from the same backward pass)
+
+and the top module uses the true loss. With `update_prob = p < 1` each module (with its synthesizer) updates
+with probability p after its forward pass (the update-decoupling experiment). With `input_synthesizers`
+modules above the first train on a synthetic input I_i(x) instead of the real h_{i-1} (complete unlock); the
+real forward pass still runs to provide I_i's regression target and the batch-norm statistics used at test time.
+
+A `DecoupledSequential` with a single module and no synthesizer is plain backprop: the baseline runs through
+the same code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from synthgrad.core import backward_through, batch_cosine, synthesizer_loss, to_module_grad
+from synthgrad.synthesizers import SynthesizerKind, SynthesizerSpec
+
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+@dataclass
+class StepStats:
+    """What one training step measured. Lists are indexed by cut (module i's output), length N−1."""
+
+    loss: float
+    sg_loss: list[float] = field(default_factory=list)
+    target_cosine: list[float] = field(default_factory=list)  # cos(ĝ_i, bootstrapped target)
+    true_cosine: list[float] | None = None  # cos(ĝ_i, true ∂ℓ/∂h_i), only when diagnosed
+    input_loss: list[float] = field(default_factory=list)  # complete unlock: L2 of I_i(x) vs real h_{i-1}
+    updated: list[bool] = field(default_factory=list)  # which modules updated (update decoupling)
+
+
+@contextlib.contextmanager
+def frozen_buffers(module: nn.Module) -> Iterator[None]:
+    """Run forward passes that leave every buffer (batch-norm running statistics) exactly as it was."""
+    saved = [(b, b.detach().clone()) for b in module.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, value in saved:
+                b.copy_(value)
+
+
+def _optimizer_or_none(params: Iterable[nn.Parameter], factory: OptimizerFactory) -> torch.optim.Optimizer | None:
+    params = [p for p in params if p.requires_grad]
+    return factory(params) if params else None
+
+
+class DecoupledSequential(nn.Module):
+    """A chain of modules trained with decoupled neural interfaces between consecutive modules.
+
+    Args:
+        modules: f_1 … f_N. Any modules; the output of f_i is the input of f_{i+1}.
+        synthesizers: N−1 gradient synthesizers, one per cut; M_i maps (h_i, context) -> ĝ_i of h_i's shape.
+        loss_fn: (output of f_N, target) -> scalar batch-mean loss.
+        optimizer: factory for each module's optimizer (Adam in the paper, PAPER.md §2).
+        synthesizer_optimizer: factory for each synthesizer's optimizer; defaults to `optimizer`.
+        update_prob: p of the update-decoupling experiment; 1.0 updates every module every step.
+        input_synthesizers: complete unlock: N−1 synthesizers; entry i−1 maps (x, context) to f_i's input,
+            for i = 2 … N. None trains on real inputs.
+        seed: seed of the generator that draws update decisions (checkpointed with the state).
+    """
+
+    def __init__(
+        self,
+        modules: Sequence[nn.Module],
+        synthesizers: Sequence[nn.Module],
+        *,
+        loss_fn: LossFn,
+        optimizer: OptimizerFactory,
+        synthesizer_optimizer: OptimizerFactory | None = None,
+        update_prob: float = 1.0,
+        input_synthesizers: Sequence[nn.Module] | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if len(modules) < 1:
+            raise ValueError("need at least one module")
+        if len(synthesizers) != len(modules) - 1:
+            raise ValueError(f"{len(modules)} modules need {len(modules) - 1} synthesizers, got {len(synthesizers)}")
+        if input_synthesizers is not None and len(input_synthesizers) != len(modules) - 1:
+            raise ValueError(f"complete unlock needs {len(modules) - 1} input synthesizers")
+        if not 0.0 < update_prob <= 1.0:
+            raise ValueError(f"update_prob must be in (0, 1], got {update_prob}")
+        self.stages = nn.ModuleList(modules)
+        self.synthesizers = nn.ModuleList(synthesizers)
+        self.input_synthesizers = nn.ModuleList(input_synthesizers) if input_synthesizers is not None else None
+        self.loss_fn = loss_fn
+        self.update_prob = update_prob
+        synth_factory = synthesizer_optimizer or optimizer
+        self.optimizers = [_optimizer_or_none(m.parameters(), optimizer) for m in self.stages]
+        self.synthesizer_optimizers = [_optimizer_or_none(s.parameters(), synth_factory) for s in self.synthesizers]
+        self.input_optimizers = (
+            [_optimizer_or_none(s.parameters(), synth_factory) for s in self.input_synthesizers]
+            if self.input_synthesizers is not None
+            else []
+        )
+        self.generator = torch.Generator().manual_seed(seed)
+        self.steps = 0
+
+    # ------------------------------------------------------------------ inference
+    def forward(self, x: Tensor) -> Tensor:
+        """The assembled network on real inputs (evaluation, or locked use)."""
+        for m in self.stages:
+            x = m(x)
+        return x
+
+    @property
+    def unlocked(self) -> bool:
+        return self.input_synthesizers is not None
+
+    # ------------------------------------------------------------------ training
+    def _draw_updates(self) -> list[bool]:
+        if self.update_prob >= 1.0:
+            return [True] * len(self.stages)
+        draws = torch.rand(len(self.stages), generator=self.generator)
+        return (draws < self.update_prob).tolist()
+
+    @staticmethod
+    def _step(opt: torch.optim.Optimizer | None, update: bool) -> None:
+        if opt is None:
+            return
+        if update:
+            opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    def train_step(
+        self, x: Tensor, target: Tensor, context: Tensor | None = None, *, diagnose: bool = False
+    ) -> StepStats:
+        """One decoupled step on a batch.
+
+        Args:
+            x: (B, ...) network input.
+            target: whatever `loss_fn` takes as its second argument (class labels (B,) for classification).
+            context: (B, K) synthesizer context (the one-hot label for cDNI), or None.
+            diagnose: also compute the true gradient at every cut (one extra locked forward/backward, with
+                batch-norm statistics untouched) and report its cosine with the synthetic gradient.
+        """
+        true_grads = self.true_gradients(x, target) if diagnose and len(self.stages) > 1 else None
+        updates = self._draw_updates()
+        n = len(self.stages)
+        stats = StepStats(loss=float("nan"), updated=updates)
+        real = x  # the real activation entering the current module
+        below: Tensor | None = None  # ĝ_{i-1}: prediction of the synthesizer under the current module
+        for i, module in enumerate(self.stages):
+            if self.unlocked and i > 0:
+                # Complete unlock: train f_i on I_i(x); I_i regresses onto the real h_{i-1}.
+                isynth, iopt = self.input_synthesizers[i - 1], self.input_optimizers[i - 1]
+                synthetic_in = isynth(x, context)
+                in_loss = synthesizer_loss(synthetic_in, real)
+                in_loss.backward()
+                self._step(iopt, updates[i])
+                stats.input_loss.append(in_loss.item())
+                with torch.no_grad():
+                    real_out = module(real)  # real path: BN statistics and the next input target
+                inp = synthetic_in.detach().requires_grad_(True)
+                with frozen_buffers(module):
+                    out = module(inp)
+            else:
+                inp = real.detach().requires_grad_(i > 0)
+                out = module(inp)
+                real_out = out
+            if i == n - 1:
+                loss = self.loss_fn(out, target)
+                carried = backward_through(loss, None, inp if i > 0 else None)
+                stats.loss = loss.item()
+                synthetic = None
+            else:
+                synthetic = self.synthesizers[i](out.detach(), context)  # (B, *h_i.shape), graph to M_i
+                carried = backward_through(out, to_module_grad(synthetic.detach()), inp if i > 0 else None)
+            self._step(self.optimizers[i], updates[i])
+            if below is not None:
+                # M_{i-1} regresses onto the gradient carried back through f_i ([Note: bootstrapped target]).
+                self._train_synthesizer(i - 1, below, carried, updates[i - 1], stats)
+                if true_grads is not None:
+                    stats.true_cosine = (stats.true_cosine or []) + [batch_cosine(below, true_grads[i - 1]).item()]
+            below = synthetic
+            real = real_out.detach()
+        self.steps += 1
+        return stats
+
+    def _train_synthesizer(self, j: int, prediction: Tensor, target: Tensor, update: bool, stats: StepStats) -> None:
+        loss = synthesizer_loss(prediction, target)
+        if prediction.requires_grad:  # a parameter-free synthesizer (an oracle) has nothing to train
+            loss.backward()  # reaches M_j only: its input was detached from f_j ([Note: SG loss scale])
+            self._step(self.synthesizer_optimizers[j], update)
+        stats.sg_loss.append(loss.item())
+        stats.target_cosine.append(batch_cosine(prediction.detach(), target).item())
+
+    def true_gradients(self, x: Tensor, target: Tensor) -> list[Tensor]:
+        """True per-example gradients ∂ℓ/∂h_i at every cut, by a locked forward/backward on real inputs.
+
+        Leaves parameters' `.grad` and batch-norm statistics untouched. Returns N−1 tensors (B, *h_i.shape).
+        """
+        with frozen_buffers(self), torch.enable_grad():
+            h, cuts = x, []
+            for m in self.stages[:-1]:
+                h = m(h)
+                cuts.append(h)
+            loss = self.loss_fn(self.stages[-1](h), target)
+            grads = torch.autograd.grad(loss, cuts)
+        return [g.detach() * x.shape[0] for g in grads]
+
+    # ------------------------------------------------------------------ checkpointing
+    def training_state(self) -> dict:
+        """Everything needed to resume: weights, optimizer states, the update-draw generator, the step count."""
+
+        def opt_states(opts: list[torch.optim.Optimizer | None]) -> list[dict | None]:
+            return [o.state_dict() if o is not None else None for o in opts]
+
+        return {
+            "model": self.state_dict(),
+            "optimizers": opt_states(self.optimizers),
+            "synthesizer_optimizers": opt_states(self.synthesizer_optimizers),
+            "input_optimizers": opt_states(self.input_optimizers),
+            "generator": self.generator.get_state(),
+            "steps": self.steps,
+        }
+
+    def load_training_state(self, state: dict) -> None:
+        self.load_state_dict(state["model"])
+        for key, opts in (
+            ("optimizers", self.optimizers),
+            ("synthesizer_optimizers", self.synthesizer_optimizers),
+            ("input_optimizers", self.input_optimizers),
+        ):
+            for opt, s in zip(opts, state[key], strict=True):
+                if opt is not None:
+                    opt.load_state_dict(s)
+        self.generator.set_state(state["generator"])
+        self.steps = int(state["steps"])
+
+
+def _infer_shapes(blocks: Sequence[nn.Module], example_input: Tensor) -> list[tuple[int, ...]]:
+    """Per-example output shape of every block, from one forward pass in eval mode (no state is changed)."""
+    shapes = []
+    with torch.no_grad(), frozen_buffers(nn.ModuleList(blocks)):
+        training = [b.training for b in blocks]
+        for b in blocks:
+            b.eval()
+        try:
+            h = example_input
+            for b in blocks:
+                h = b(h)
+                shapes.append(tuple(h.shape[1:]))
+        finally:
+            for b, t in zip(blocks, training, strict=True):
+                b.train(t)
+    return shapes
+
+
+def decouple(
+    model: nn.Sequential | Sequence[nn.Module],
+    example_input: Tensor,
+    *,
+    loss_fn: LossFn = torch.nn.functional.cross_entropy,
+    optimizer: OptimizerFactory | None = None,
+    lr: float = 1e-4,
+    synthesizer_optimizer: OptimizerFactory | None = None,
+    synthesizer: SynthesizerSpec | Callable[[tuple[int, ...]], nn.Module] | None = None,
+    context_dim: int = 0,
+    cuts: Sequence[int] | None = None,
+    update_prob: float = 1.0,
+    unlock: bool = False,
+    input_synthesizer: SynthesizerSpec | None = None,
+    seed: int = 0,
+) -> DecoupledSequential:
+    """Cut a sequential model into decoupled modules, with a synthesizer on every cut.
+
+    Args:
+        model: an `nn.Sequential` (or a list of modules); its children are the layers.
+        example_input: (B, ...) a batch of inputs (B ≥ 2), used once to infer the shape at every cut.
+        loss_fn: batch-mean loss on the top module's output.
+        optimizer: factory for every module's optimizer; default Adam(lr) (PAPER.md §2).
+        synthesizer_optimizer: factory for the synthesizers' optimizers; default: as `optimizer`.
+        synthesizer: a `SynthesizerSpec`, or a callable mapping a cut's per-example shape to a synthesizer.
+            Default: the paper's MLP synthesizer (2×1024, BN) for flat cuts, a conv synthesizer for feature maps.
+        context_dim: size of the synthesizer context (num_classes for cDNI), 0 for none.
+        cuts: cut after these child indices; None cuts after every child ("decouple every layer").
+        update_prob: p of update decoupling.
+        unlock: complete unlock: modules above the first train on synthetic inputs from the network input.
+        input_synthesizer: spec of the input synthesizers (default: MLP with one hidden layer of 1024).
+
+    Example:
+        >>> net = decouple(fcn((1, 28, 28), 10, layers=4), x[:2], context_dim=10)
+        >>> stats = net.train_step(x, y, one_hot_context(y, 10))
+    """
+    children = list(model.children()) if isinstance(model, nn.Module) else list(model)
+    n = len(children)
+    if cuts is None:
+        cuts = list(range(n - 1))
+    cuts = sorted(set(cuts))
+    if any(not 0 <= c < n - 1 for c in cuts):
+        raise ValueError(f"cuts must lie in [0, {n - 2}] for a model of {n} children, got {list(cuts)}")
+    bounds = [0, *(c + 1 for c in cuts), n]
+    blocks: list[nn.Module] = [
+        children[a] if b - a == 1 else nn.Sequential(*children[a:b]) for a, b in zip(bounds, bounds[1:], strict=False)
+    ]
+    shapes = _infer_shapes(blocks, example_input)
+
+    def build(spec_or_fn, in_shape, out_shape=None) -> nn.Module:
+        if callable(spec_or_fn) and not isinstance(spec_or_fn, SynthesizerSpec):
+            return spec_or_fn(in_shape)
+        spec = spec_or_fn
+        if spec is None:
+            spec = SynthesizerSpec(SynthesizerKind.CONV, (128, 128)) if len(in_shape) == 3 else SynthesizerSpec()
+        return spec.build(in_shape, out_shape, context_dim=context_dim)
+
+    synths = [build(synthesizer, s) for s in shapes[:-1]]
+    input_synths = None
+    if unlock:
+        ispec = input_synthesizer or SynthesizerSpec(SynthesizerKind.MLP, (1024,))
+        x_shape = tuple(example_input.shape[1:])
+        input_synths = [ispec.build(x_shape, s, context_dim=context_dim) for s in shapes[:-1]]
+    return DecoupledSequential(
+        blocks,
+        synths,
+        loss_fn=loss_fn,
+        optimizer=optimizer or (lambda ps: torch.optim.Adam(ps, lr=lr)),
+        synthesizer_optimizer=synthesizer_optimizer,
+        update_prob=update_prob,
+        input_synthesizers=input_synths,
+        seed=seed,
+    )

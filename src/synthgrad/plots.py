@@ -1,0 +1,61 @@
+"""PNG figures: learning curves, synthesizer quality, and comparisons across runs."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def learning_curves(history: Sequence[Mapping], path: str | Path, title: str = "") -> None:
+    """Train loss and test error against epoch, for one run (`history`: the per-epoch metric rows)."""
+    epochs = [row["epoch"] for row in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    ax1.plot(epochs, [row["train_loss"] for row in history], marker="o")
+    ax1.set(xlabel="epoch", ylabel="train loss (cross-entropy)", yscale="log")
+    ax2.plot(epochs, [row["test_error"] for row in history], marker="o", color="C3")
+    ax2.set(xlabel="epoch", ylabel="test error (%)")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def gradient_quality(diagnostics: Sequence[Mapping], path: str | Path, title: str = "") -> None:
+    """Per cut: cosine(synthetic, true gradient) and the synthesizer loss against training step."""
+    if not diagnostics:
+        return
+    steps = [row["step"] for row in diagnostics]
+    n_cuts = len(diagnostics[0]["true_cosine"])
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for j in range(n_cuts):
+        ax1.plot(steps, [row["true_cosine"][j] for row in diagnostics], label=f"cut {j + 1}")
+        ax2.plot(steps, [row["sg_loss"][j] for row in diagnostics], label=f"cut {j + 1}")
+    ax1.set(xlabel="step", ylabel="cos(synthetic, true gradient)", ylim=(-0.2, 1.0))
+    ax2.set(xlabel="step", ylabel="synthesizer loss", yscale="log")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def compare_runs(runs: Mapping[str, Sequence[Mapping]], path: str | Path, title: str = "") -> None:
+    """Test error against epoch for several runs (`runs`: label -> history) on one axis."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, history in runs.items():
+        ax.plot([r["epoch"] for r in history], [r["test_error"] for r in history], marker="o", label=label)
+    ax.set(xlabel="epoch", ylabel="test error (%)", yscale="log", title=title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
