@@ -10,6 +10,9 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Unit tests use tiny tensors: one thread avoids oversubscription when other work shares the two cores.
+torch.set_num_threads(1)
+
 
 def shared_data_dir() -> Path | None:
     """The read-only data directory: $SYNTHGRAD_DATA_DIR, else ../shared/data beside the checkout."""

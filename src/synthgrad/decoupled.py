@@ -155,7 +155,6 @@ class DecoupledSequential(nn.Module):
         """
         true_grads = self.true_gradients(x, target) if diagnose and len(self.stages) > 1 else None
         updates = self._draw_updates()
-        n = len(self.stages)
         stats = StepStats(loss=float("nan"), updated=updates)
         real = x  # the real activation entering the current module
         below: Tensor | None = None  # ĝ_{i-1}: prediction of the synthesizer under the current module
@@ -170,21 +169,12 @@ class DecoupledSequential(nn.Module):
                 stats.input_loss.append(in_loss.item())
                 with torch.no_grad():
                     real_out = module(real)  # real path: BN statistics and the next input target
-                inp = synthetic_in.detach().requires_grad_(True)
-                with frozen_buffers(module):
-                    out = module(inp)
+                with frozen_buffers(module):  # held until after the backward pass, which reads the buffers
+                    carried, synthetic, _, loss = self._forward_backward(i, synthetic_in.detach(), target, context)
             else:
-                inp = real.detach().requires_grad_(i > 0)
-                out = module(inp)
-                real_out = out
-            if i == n - 1:
-                loss = self.loss_fn(out, target)
-                carried = backward_through(loss, None, inp if i > 0 else None)
-                stats.loss = loss.item()
-                synthetic = None
-            else:
-                synthetic = self.synthesizers[i](out.detach(), context)  # (B, *h_i.shape), graph to M_i
-                carried = backward_through(out, to_module_grad(synthetic.detach()), inp if i > 0 else None)
+                carried, synthetic, real_out, loss = self._forward_backward(i, real, target, context)
+            if loss is not None:
+                stats.loss = loss
             self._step(self.optimizers[i], updates[i])
             if below is not None:
                 # M_{i-1} regresses onto the gradient carried back through f_i ([Note: bootstrapped target]).
@@ -195,6 +185,23 @@ class DecoupledSequential(nn.Module):
             real = real_out.detach()
         self.steps += 1
         return stats
+
+    def _forward_backward(
+        self, i: int, source: Tensor, target: Tensor, context: Tensor | None
+    ) -> tuple[Tensor | None, Tensor | None, Tensor, float | None]:
+        """Forward f_i on a detached copy of `source` and back-propagate its (synthetic or true) gradient.
+
+        Returns (carried gradient for M_{i-1} or None at the bottom, ĝ_i with graph to M_i or None at the top,
+        f_i's output, the loss at the top or None). Parameter gradients of f_i are left in `.grad`.
+        """
+        inp = source.detach().requires_grad_(i > 0)
+        out = self.stages[i](inp)
+        below = inp if i > 0 else None
+        if i == len(self.stages) - 1:
+            loss = self.loss_fn(out, target)
+            return backward_through(loss, None, below), None, out, loss.item()
+        synthetic = self.synthesizers[i](out.detach(), context)  # (B, *h_i.shape), graph to M_i
+        return backward_through(out, to_module_grad(synthetic.detach()), below), synthetic, out, None
 
     def _train_synthesizer(self, j: int, prediction: Tensor, target: Tensor, update: bool, stats: StepStats) -> None:
         loss = synthesizer_loss(prediction, target)
