@@ -169,6 +169,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SynthgradError as e:
         print(f"synthgrad: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except BrokenPipeError:  # output piped into `head` and closed early
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("synthgrad: interrupted; the last checkpoint is intact (--resume continues)", file=sys.stderr)
         return 130
