@@ -21,7 +21,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse that reports a bad command line in one line (no usage block) and exits 2."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(EXIT_USER_ERROR, f"synthgrad: error: {message} (see {self.prog} --help)\n")
 
 
 def _positive_int(text: str) -> int:
@@ -107,7 +107,14 @@ def _cmd_configs(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from synthgrad.experiments import demo
 
-    demo(data_dir=args.data_dir, out=args.out, epochs=args.epochs, layers=args.layers, progress=not args.no_progress)
+    demo(
+        data_dir=args.data_dir,
+        out=args.out,
+        epochs=args.epochs,
+        layers=args.layers,
+        download=args.download,
+        progress=not args.no_progress,
+    )
     return 0
 
 
@@ -135,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="MNIST FCN with backprop, DNI and cDNI on a short budget, side by side")
     p.add_argument("--data-dir")
+    p.add_argument("--download", action="store_true", help="fetch missing MNIST files (checksums verified)")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--epochs", type=_positive_int, default=3)
     p.add_argument("--layers", type=int, default=4)

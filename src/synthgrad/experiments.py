@@ -67,11 +67,16 @@ def _history(run_dir: str) -> list[dict]:
 
 # ---------------------------------------------------------------------------------------------------- demo
 def demo(
-    data_dir: str | None, out: str = "runs/demo", epochs: int = 3, layers: int = 4, progress: bool = True
+    data_dir: str | None,
+    out: str = "runs/demo",
+    epochs: int = 3,
+    layers: int = 4,
+    download: bool = False,
+    progress: bool = True,
 ) -> list[dict]:
     """Train one MNIST FCN with backprop, DNI and cDNI; print a table and write learning curves."""
     out_dir = Path(out)
-    base = TrainConfig(data_dir=data_dir, layers=layers, epochs=epochs)
+    base = TrainConfig(data_dir=data_dir, download=download, layers=layers, epochs=epochs)
     rows = [Row("demo", m.value, dataclasses.replace(base, method=m)) for m in METHODS]
     results = [_run(r, out_dir, 1, progress) for r in rows]
     plots.compare_runs(
