@@ -1,0 +1,428 @@
+"""Truncated BPTT over chunks of T steps, with a synthetic gradient at every chunk boundary (PAPER.md §4).
+
+A recurrent *core* is unrolled over a sequence cut into chunks of T steps. Truncated BPTT back-propagates
+within a chunk and adds 0 at its end; DNI adds the prediction ĝ_end = M(s_end) of a *boundary synthesizer*
+M that reads the core state s (all state tensors, flattened and concatenated: (h, c) for an LSTM). M is
+trained on the bootstrapped target that the next chunk's backward pass delivers at its start state:
+
+    target(s_k) = Σ_{τ in chunk k+1} ∂ℓ_τ/∂s_k + (∂s_{k+1}/∂s_k)ᵀ ĝ_{k+1}       (per-example units)
+
+Every conversion between batch-mean gradients and synthesizer units, the regression loss and the backward pass
+that yields the target come from `synthgrad.core` ([Note: SG units], [Note: SG loss scale]).
+
+[Note: chunk loss]
+    The per-step loss ℓ_{t,b} is per example (the `StepLoss` returns shape (B,)), optionally weighted by a
+    mask m_{t,b} (Copy tasks score only the output phase). The loss of a chunk is the *sum over its steps of
+    the batch mean*:  L_chunk = Σ_t (1/B) Σ_b m_{t,b} ℓ_{t,b}.  Summing over steps makes the loss of a sequence
+    the sum of its chunks' losses, for any T, so a boundary gradient ∂L_future/∂s means the same thing at every
+    chunk length; the batch mean (dividing by B, not by the number of scored entries) keeps the per-example
+    units of the synthesizer exact.
+
+[Note: synthesizer timing]
+    The target for the prediction at boundary s_k only exists after chunk k+1's backward pass, which itself
+    needs ĝ_{k+1} = M(s_{k+1}). So within one call of `train_chunk`, M is evaluated twice with the same
+    parameters: at s_end (its value is injected into the backward pass) and at s_start (with graph, regressed
+    onto the target that backward pass delivers), then M takes one optimizer step. The prediction that was
+    injected at s_start one chunk earlier came from M's parameters before that step; the regression uses the
+    current ones, so a stale graph is never kept across an optimizer step (the koz4k/dni-pytorch pattern).
+
+[Note: sequence end]
+    No synthetic gradient is added beyond the end of a sequence (`last=True`): the true future gradient there
+    is exactly 0, so the target for the prediction at the last boundary is the true gradient of the last chunk
+    alone. A fresh sequence (`state=None`) starts from `core.initial_state`; no prediction is made there.
+
+[Note: DNI + Aux]
+    The paper's DNI + Aux has the core "predict its own future synthetic gradients" (PAPER.md §4; exact form
+    not given). Here: an auxiliary linear head A (zero-initialised) reads the core's output o_t at every step t
+    of the chunk and predicts the synthetic gradient that M outputs at the end of the *current* chunk,
+    ĝ_end (detached; per-example units; 0 at the end of a sequence, see [Note: sequence end]):
+
+        L_aux = aux_weight · Σ_t synthesizer_loss(A(o_t), ĝ_end)        (aux_weight = 1 by default)
+
+    L_aux is back-propagated into the core and A (that is its purpose: it shapes the core's representation to
+    anticipate its future gradient), never into M (ĝ_end is detached). It is also kept out of M's target: the
+    gradient arriving at the start state comes from the task loss and ĝ_end only, so M keeps predicting the
+    paper's quantity (the gradient of the future *task* loss) and its target does not depend on its own
+    output through A. The price is one extra backward pass through the chunk (restricted to the parameters)
+    in this mode only. The target ĝ_end is the same for every step of a chunk, so the prediction is harder the
+    earlier the step; predicting "the gradient at the next boundary" rather than "T steps ahead" keeps the
+    target one that exists for every step without running beyond the chunk.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+
+from synthgrad.core import backward_through, batch_cosine, synthesizer_loss, to_module_grad, to_synthesizer_units
+from synthgrad.errors import ConfigError
+from synthgrad.synthesizers import SynthesizerKind, SynthesizerSpec, zero_init_
+
+State = tuple[Tensor, ...]
+StepLoss = Callable[[Tensor, Tensor], Tensor]  # (prediction (B, ...), target (B, ...)) -> per-example loss (B,)
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+
+
+@runtime_checkable
+class RecurrentCore(Protocol):
+    """What the trainer needs from a recurrent core; any tuple-of-tensors state works."""
+
+    def initial_state(self, batch: int) -> State:
+        """The state at the start of a sequence: a tuple of (B, ...) tensors."""
+        ...
+
+    def step(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
+        """One time step: x_t (B, ...) and state -> (output_t (B, ...), next state)."""
+        ...
+
+
+class LSTMCore(nn.Module):
+    """An `nn.LSTMCell`; state (h, c), each (B, hidden_size); output h."""
+
+    def __init__(self, input_size: int, hidden_size: int) -> None:
+        super().__init__()
+        self.cell = nn.LSTMCell(input_size, hidden_size)
+        self.input_size, self.hidden_size = input_size, hidden_size
+
+    @property
+    def output_size(self) -> int:
+        return self.hidden_size
+
+    def initial_state(self, batch: int) -> State:
+        w = self.cell.weight_hh
+        zeros = torch.zeros(batch, self.hidden_size, dtype=w.dtype, device=w.device)
+        return (zeros, zeros.clone())
+
+    def step(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
+        h, c = self.cell(x_t, state)  # (B, H) each
+        return h, (h, c)
+
+
+class RecurrentMethod(enum.Enum):
+    BPTT = "bptt"  # truncated BPTT: 0 at every chunk boundary
+    DNI = "dni"  # a synthetic gradient at every chunk boundary
+    DNI_AUX = "dni-aux"  # DNI + the auxiliary task of [Note: DNI + Aux]
+
+
+def state_shapes(core: RecurrentCore) -> list[tuple[int, ...]]:
+    """Per-example shape of every state tensor of `core`."""
+    return [tuple(s.shape[1:]) for s in core.initial_state(1)]
+
+
+def flatten_state(state: State) -> Tensor:
+    """(s_1 (B, ...), s_2 (B, ...), ...) -> (B, D): flattened and concatenated, D = Σ numel."""
+    return torch.cat([s.flatten(1) for s in state], dim=1)
+
+
+def unflatten_state(flat: Tensor, shapes: Sequence[tuple[int, ...]]) -> State:
+    """Inverse of `flatten_state`: (B, D) -> views shaped (B, *shape) for each shape."""
+    sizes = [math.prod(s) for s in shapes]
+    parts = torch.split(flat, sizes, dim=1)
+    return tuple(p.reshape(flat.shape[0], *s) for p, s in zip(parts, shapes, strict=True))
+
+
+class BoundarySynthesizer(nn.Module):
+    """M(s, c): predicts the per-example gradient of the future loss w.r.t. the whole core state.
+
+    Reads the flattened state (B, D) (see `flatten_state`) and an optional context (B, context_dim); returns
+    (B, D). Linear and zero-initialised by default (PAPER.md §4), built by `SynthesizerSpec`; `net` replaces
+    it with any module mapping (source (B, D), context) -> (B, D) (an oracle in tests).
+    """
+
+    def __init__(
+        self,
+        shapes: Sequence[tuple[int, ...]],
+        *,
+        spec: SynthesizerSpec | None = None,
+        context_dim: int = 0,
+        net: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        self.shapes = [tuple(s) for s in shapes]
+        self.state_size = sum(math.prod(s) for s in self.shapes)
+        spec = spec or SynthesizerSpec(kind=SynthesizerKind.LINEAR)
+        self.net = net if net is not None else spec.build((self.state_size,), context_dim=context_dim)
+
+    @classmethod
+    def for_core(cls, core: RecurrentCore, **kwargs: object) -> BoundarySynthesizer:
+        return cls(state_shapes(core), **kwargs)  # type: ignore[arg-type]
+
+    def forward(self, flat_state: Tensor, context: Tensor | None = None) -> Tensor:
+        return self.net(flat_state, context)
+
+    def split(self, flat: Tensor) -> State:
+        """(B, D) -> one tensor per state tensor, e.g. (ĝ_h, ĝ_c) for an LSTM."""
+        return unflatten_state(flat, self.shapes)
+
+
+@dataclass
+class ChunkStats:
+    """What one `train_chunk` measured; tensors are detached."""
+
+    loss: float  # L_chunk, [Note: chunk loss]
+    steps: int
+    outputs: Tensor  # (steps, B, ...) readout outputs, e.g. to score the batch
+    synthetic: Tensor | None = None  # ĝ_end (B, D) added at the end boundary, per-example units
+    target: Tensor | None = None  # bootstrapped target for the start boundary (B, D)
+    sg_loss: float | None = None  # synthesizer_loss(M(s_start), target)
+    target_cosine: float | None = None  # cos(M(s_start), target)
+    aux_loss: float | None = None  # L_aux, [Note: DNI + Aux]
+
+
+def _optimizer(params: Iterable[nn.Parameter], factory: OptimizerFactory) -> torch.optim.Optimizer | None:
+    params = [p for p in params if p.requires_grad]
+    return factory(params) if params else None
+
+
+def unroll(
+    core: RecurrentCore,
+    readout: nn.Module,
+    loss_fn: StepLoss,
+    inputs: Tensor,
+    targets: Tensor,
+    state: State,
+    mask: Tensor | None = None,
+) -> tuple[Tensor, list[Tensor], list[Tensor], State]:
+    """Run the core over inputs (S, B, ...) from `state`; returns (L per [Note: chunk loss], core outputs o_t,
+    readout outputs, final state), all with graph."""
+    loss = inputs.new_zeros(())
+    outs, preds = [], []
+    for t in range(inputs.shape[0]):
+        out, state = core.step(inputs[t], state)
+        pred = readout(out)
+        ell = loss_fn(pred, targets[t])
+        if ell.dim() != 1 or ell.shape[0] != inputs.shape[1]:
+            raise ValueError(f"step loss must be per example, shape ({inputs.shape[1]},); got {tuple(ell.shape)}")
+        loss = loss + (ell * mask[t] if mask is not None else ell).mean()
+        outs.append(out)
+        preds.append(pred)
+    return loss, outs, preds, state
+
+
+class TruncatedBPTT(nn.Module):
+    """Train a recurrent core chunk by chunk: truncated BPTT, DNI, or DNI + Aux (PAPER.md §4).
+
+    Args:
+        core: a `RecurrentCore` module (e.g. `LSTMCore`).
+        readout: maps the core output o_t (B, ...) to the prediction scored by `loss_fn`.
+        loss_fn: per-step, per-example loss (prediction, target_t) -> (B,), see [Note: chunk loss].
+        optimizer: factory for the optimizer of core + readout (+ aux head).
+        T: chunk length, ≥ 1.
+        method: `RecurrentMethod` or its value ("bptt", "dni", "dni-aux").
+        synthesizer: the boundary synthesizer; default `BoundarySynthesizer.for_core(core)` (linear, zero).
+            Ignored for BPTT.
+        synthesizer_optimizer: factory for M's optimizer; default `optimizer`.
+        aux_head: DNI + Aux head o_t -> (B, D); default a zero-initialised Linear(core.output_size, D).
+        aux_weight: weight of L_aux ([Note: DNI + Aux]).
+    """
+
+    def __init__(
+        self,
+        core: nn.Module,
+        readout: nn.Module,
+        loss_fn: StepLoss,
+        optimizer: OptimizerFactory,
+        *,
+        T: int,  # noqa: N803 - the paper's name
+        method: RecurrentMethod | str = RecurrentMethod.DNI,
+        synthesizer: BoundarySynthesizer | None = None,
+        synthesizer_optimizer: OptimizerFactory | None = None,
+        aux_head: nn.Module | None = None,
+        aux_weight: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if not isinstance(core, RecurrentCore):
+            raise TypeError(f"{type(core).__name__} has no initial_state(batch) / step(x_t, state)")
+        if isinstance(T, bool) or not isinstance(T, int) or T < 1:
+            raise ConfigError(f"chunk length T must be an integer >= 1, got {T!r}")
+        try:
+            self.method = RecurrentMethod(method)
+        except ValueError:
+            choices = ", ".join(m.value for m in RecurrentMethod)
+            raise ConfigError(f"unknown recurrent method {method!r}; choose one of {choices}") from None
+        if aux_weight < 0:
+            raise ConfigError(f"aux_weight must be >= 0, got {aux_weight}")
+        self.core, self.readout, self.loss_fn, self.T = core, readout, loss_fn, T
+        self.shapes = state_shapes(core)
+        self.synthesizer: BoundarySynthesizer | None = None
+        self.aux_head: nn.Module | None = None
+        self.aux_weight = aux_weight
+        like = self.core.initial_state(1)[0]  # defaults are built with the state's dtype and device
+        if self.method is not RecurrentMethod.BPTT:
+            if synthesizer is None:
+                synthesizer = BoundarySynthesizer(self.shapes).to(like)
+            self.synthesizer = synthesizer
+        if self.method is RecurrentMethod.DNI_AUX:
+            if aux_head is None:
+                if not hasattr(core, "output_size"):
+                    raise ConfigError("DNI + Aux needs aux_head= for a core without an output_size attribute")
+                aux_head = zero_init_(nn.Linear(core.output_size, self.synthesizer.state_size)).to(like)
+            self.aux_head = aux_head
+        model_params = [*core.parameters(), *readout.parameters()]
+        if self.aux_head is not None:
+            model_params += list(self.aux_head.parameters())
+        self.optimizer = _optimizer(model_params, optimizer)
+        self.synthesizer_optimizer = (
+            _optimizer(self.synthesizer.parameters(), synthesizer_optimizer or optimizer)
+            if self.synthesizer is not None
+            else None
+        )
+
+    def train_chunk(
+        self,
+        inputs: Tensor,
+        targets: Tensor,
+        state: State | None = None,
+        *,
+        mask: Tensor | None = None,
+        last: bool = False,
+        accumulate: bool = False,
+        start_context: Tensor | None = None,
+        end_context: Tensor | None = None,
+    ) -> tuple[State, ChunkStats]:
+        """One chunk: forward ≤ T steps, one backward pass, one update of the core and of M.
+
+        Args:
+            inputs: (T', B, ...) with 1 ≤ T' ≤ T (the last chunk of a sequence may be shorter).
+            targets: (T', B, ...) whatever `loss_fn` takes per step.
+            state: the detached state at the start boundary, or None to start a sequence.
+            mask: (T', B) weights of the per-step losses, or None.
+            last: the chunk ends the sequence: no synthetic gradient at its end ([Note: sequence end]).
+            accumulate: leave the core's gradient in `.grad` without stepping (call `step()` later); M still
+                trains every chunk.
+            start_context, end_context: (B, C) contexts of M at the two boundaries, if M is conditioned.
+
+        Returns:
+            (the end state, detached; `ChunkStats`).
+        """
+        steps = inputs.shape[0]
+        if not 1 <= steps <= self.T:
+            raise ValueError(f"a chunk has 1..T={self.T} steps, got {steps}")
+        if mask is not None and mask.shape != inputs.shape[:2]:
+            raise ValueError(f"mask {tuple(mask.shape)} != (steps, batch) {tuple(inputs.shape[:2])}")
+        synth = self.synthesizer
+        wants_target = synth is not None and state is not None
+        if state is None:
+            state = self.core.initial_state(inputs.shape[1])
+        start = flatten_state(state).detach().requires_grad_(wants_target)  # (B, D), the start leaf
+        loss, outs, preds, end_state = unroll(
+            self.core, self.readout, self.loss_fn, inputs, targets, unflatten_state(start, self.shapes), mask
+        )
+        end = flatten_state(end_state)  # (B, D), with graph
+        objective = loss
+        synthetic = None
+        if synth is not None and not last:
+            with torch.no_grad():
+                synthetic = synth(end.detach(), end_context)  # ĝ_end (B, D), per-example units
+            # ∂/∂θ of ⟨s_end, ĝ/B⟩ is (∂s_end/∂θ)ᵀ ĝ/B: the synthetic gradient enters the backward pass here.
+            objective = objective + (end * to_module_grad(synthetic)).sum()
+        stats = ChunkStats(loss=loss.item(), steps=steps, outputs=torch.stack(preds).detach(), synthetic=synthetic)
+        if self.aux_head is not None:
+            aux_target = synthetic if synthetic is not None else torch.zeros_like(end.detach())
+            stats.aux_loss = self._aux_backward(outs, aux_target)
+        prediction = synth(start.detach(), start_context) if wants_target else None  # graph to M only
+        target = backward_through(objective, None, start if wants_target else None)
+        if not accumulate:
+            self.step()
+        if prediction is not None and target is not None:
+            self._train_synthesizer(prediction, target, stats)
+        return tuple(s.detach() for s in end_state), stats
+
+    def _aux_backward(self, outs: list[Tensor], aux_target: Tensor) -> float:
+        """Back-propagate L_aux into the core and the aux head only ([Note: DNI + Aux]); returns L_aux."""
+        assert self.aux_head is not None
+        aux = sum(synthesizer_loss(self.aux_head(o), aux_target) for o in outs) * self.aux_weight
+        params = [p for p in (*self.core.parameters(), *self.aux_head.parameters()) if p.requires_grad]
+        torch.autograd.backward(aux, inputs=params, retain_graph=True)  # the start leaf is not an input
+        return aux.item()
+
+    def _train_synthesizer(self, prediction: Tensor, target: Tensor, stats: ChunkStats) -> None:
+        sg_loss = synthesizer_loss(prediction, target)
+        if prediction.requires_grad:  # a parameter-free oracle has nothing to train
+            sg_loss.backward()  # reaches M only: it read a detached state
+            if self.synthesizer_optimizer is not None:
+                self.synthesizer_optimizer.step()
+                self.synthesizer_optimizer.zero_grad(set_to_none=True)
+        stats.target = target.detach()
+        stats.sg_loss = sg_loss.item()
+        stats.target_cosine = batch_cosine(prediction.detach(), target).item()
+
+    def step(self) -> None:
+        """Apply the core's accumulated gradient (after `accumulate=True` chunks) and clear it."""
+        if self.optimizer is not None:
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+
+    def train_sequence(
+        self, inputs: Tensor, targets: Tensor, mask: Tensor | None = None, *, accumulate: bool = False
+    ) -> list[ChunkStats]:
+        """A whole sequence (S, B, ...) from the initial state, in chunks of T; `accumulate` steps once at the
+        end (one update from the whole sequence's chunked gradient)."""
+        stats, state = [], None
+        for lo in range(0, inputs.shape[0], self.T):
+            hi = min(lo + self.T, inputs.shape[0])
+            m = mask[lo:hi] if mask is not None else None
+            state, s = self.train_chunk(
+                inputs[lo:hi], targets[lo:hi], state, mask=m, last=hi == inputs.shape[0], accumulate=accumulate
+            )
+            stats.append(s)
+        if accumulate:
+            self.step()
+        return stats
+
+    @torch.no_grad()
+    def predict(self, inputs: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        """Readout outputs (S, B, ...) over inputs (S, B, ...) from `state` (default: initial), and the end state."""
+        state = self.core.initial_state(inputs.shape[1]) if state is None else state
+        preds = []
+        for t in range(inputs.shape[0]):
+            out, state = self.core.step(inputs[t], state)
+            preds.append(self.readout(out))
+        return torch.stack(preds), state
+
+    def training_state(self) -> dict:
+        """Weights and optimizer states, to resume."""
+        opts = (self.optimizer, self.synthesizer_optimizer)
+        return {"model": self.state_dict(), "optimizers": [o.state_dict() if o else None for o in opts]}
+
+    def load_training_state(self, state: dict) -> None:
+        self.load_state_dict(state["model"])
+        for opt, s in zip((self.optimizer, self.synthesizer_optimizer), state["optimizers"], strict=True):
+            if opt is not None:
+                opt.load_state_dict(s)
+
+
+def true_future_gradients(
+    core: RecurrentCore,
+    readout: nn.Module,
+    loss_fn: StepLoss,
+    inputs: Tensor,
+    targets: Tensor,
+    T: int,  # noqa: N803
+    mask: Tensor | None = None,
+) -> list[Tensor]:
+    """The oracle: per-example B·∂L/∂s_{kT} at every boundary k = 1 … ⌈S/T⌉−1 inside a sequence (S, B, ...),
+    by full BPTT from the initial state, L the whole sequence's loss ([Note: chunk loss]). Only the loss after
+    step kT depends on s_{kT}, so this is the true gradient of the future loss. Leaves `.grad` untouched.
+
+    Returns a list of (B, D) tensors, D = the flattened state size.
+    """
+    shapes = state_shapes(core)
+    state, loss, cuts = core.initial_state(inputs.shape[1]), inputs.new_zeros(()), []
+    with torch.enable_grad():
+        for lo in range(0, inputs.shape[0], T):
+            if lo > 0:
+                cuts.append(flatten_state(state))
+                state = unflatten_state(cuts[-1], shapes)
+            hi = min(lo + T, inputs.shape[0])
+            m = mask[lo:hi] if mask is not None else None
+            chunk_loss, _, _, state = unroll(core, readout, loss_fn, inputs[lo:hi], targets[lo:hi], state, m)
+            loss = loss + chunk_loss
+        grads = torch.autograd.grad(loss, cuts, allow_unused=True) if cuts else ()
+    return [to_synthesizer_units(g if g is not None else torch.zeros_like(c)) for g, c in zip(grads, cuts, strict=True)]

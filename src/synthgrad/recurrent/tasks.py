@@ -1,0 +1,314 @@
+"""Recurrent tasks of PAPER.md §4–5, generated on the fly from a `torch.Generator`.
+
+Copy and Repeat Copy follow the Neural Turing Machine paper (Graves et al. 2014); their batches are
+`SequenceBatch` (time-major tensors and a mask that is 1 exactly where the output is scored), and a batch is
+scored in bits per sequence. `Curriculum` is the length schedule of PAPER.md §4. Penn Treebank character level
+reads Mikolov's files; `MultiNetTask` is the data of the two-network system (PAPER.md §5).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from synthgrad.data.mnist import ImageDataset
+from synthgrad.errors import ConfigError, DataError
+from synthgrad.recurrent.core import RecurrentCore
+
+BITS = 8  # width of the random binary vectors (NTM paper)
+LN2 = math.log(2.0)
+
+
+@dataclass(frozen=True)
+class SequenceBatch:
+    """inputs (S, B, I) float, targets (S, B, O) float in {0, 1}, mask (S, B) float: 1 where scored."""
+
+    inputs: Tensor
+    targets: Tensor
+    mask: Tensor
+
+
+def _check_positive(**values: int) -> None:
+    for name, v in values.items():
+        if not isinstance(v, int) or v < 1:
+            raise ConfigError(f"{name} must be an integer >= 1, got {v!r}")
+
+
+def _random_bits(length: int, batch: int, generator: torch.Generator) -> Tensor:
+    return torch.randint(0, 2, (length, batch, BITS), generator=generator).float()  # (L, B, 8)
+
+
+class CopyTask:
+    """Copy (NTM): L random 8-bit vectors, then a delimiter flag, then L output steps to reproduce them.
+
+    Input channels 8 + 1 (bits, delimiter); S = 2L + 1 steps; the input is 0 during the output phase; targets
+    (S, B, 8) hold the sequence in the last L steps and are scored (mask 1) only there.
+    """
+
+    input_size = BITS + 1
+    output_size = BITS
+
+    def sample(self, batch: int, length: int, generator: torch.Generator) -> SequenceBatch:
+        _check_positive(batch=batch, length=length)
+        bits = _random_bits(length, batch, generator)
+        steps = 2 * length + 1
+        inputs = torch.zeros(steps, batch, self.input_size)
+        inputs[:length, :, :BITS] = bits
+        inputs[length, :, BITS] = 1.0  # delimiter
+        targets = torch.zeros(steps, batch, self.output_size)
+        targets[length + 1 :] = bits
+        mask = torch.zeros(steps, batch)
+        mask[length + 1 :] = 1.0
+        return SequenceBatch(inputs, targets, mask)
+
+
+class RepeatCopyTask:
+    """Repeat Copy (NTM): L random 8-bit vectors, then a step carrying a delimiter flag and the number of repeats
+    N on its own channel; the output is the sequence N times, then an end marker.
+
+    Input channels 8 + 2 (bits, delimiter, normalised N); output channels 8 + 1 (bits, end marker). S = L + 1 +
+    N·L + 1 steps, scored over the last N·L + 1. N is normalised to mean 0 and variance 1 over the uniform
+    distribution on 1..max_repeats, as in the NTM paper. N is the same for the whole batch.
+    """
+
+    input_size = BITS + 2
+    output_size = BITS + 1
+
+    def __init__(self, max_repeats: int = 10) -> None:
+        _check_positive(max_repeats=max_repeats)
+        self.max_repeats = max_repeats
+
+    def normalised_repeats(self, repeats: int) -> float:
+        mean = (self.max_repeats + 1) / 2
+        std = math.sqrt((self.max_repeats**2 - 1) / 12) or 1.0
+        return (repeats - mean) / std
+
+    def sample_repeats(self, generator: torch.Generator) -> int:
+        """N uniform on 1..max_repeats."""
+        return int(torch.randint(1, self.max_repeats + 1, (), generator=generator))
+
+    def sample(self, batch: int, length: int, repeats: int, generator: torch.Generator) -> SequenceBatch:
+        _check_positive(batch=batch, length=length, repeats=repeats)
+        bits = _random_bits(length, batch, generator)
+        start, steps = length + 1, length + 1 + repeats * length + 1
+        inputs = torch.zeros(steps, batch, self.input_size)
+        inputs[:length, :, :BITS] = bits
+        inputs[length, :, BITS] = 1.0  # delimiter
+        inputs[length, :, BITS + 1] = self.normalised_repeats(repeats)
+        targets = torch.zeros(steps, batch, self.output_size)
+        targets[start : steps - 1, :, :BITS] = bits.repeat(repeats, 1, 1)  # (N·L, B, 8)
+        targets[steps - 1, :, BITS] = 1.0  # end marker
+        mask = torch.zeros(steps, batch)
+        mask[start:] = 1.0
+        return SequenceBatch(inputs, targets, mask)
+
+
+def bce_step_loss(logits: Tensor, target: Tensor) -> Tensor:
+    """Per-example binary cross-entropy in nats, summed over channels: (B, O), (B, O) -> (B,)."""
+    return F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(1)
+
+
+def sequence_bit_errors(logits: Tensor, batch: SequenceBatch) -> Tensor:
+    """Wrongly predicted bits per sequence (output > 0.5 vs target) over the scored steps: (S, B, O) -> (B,)."""
+    wrong = ((logits > 0).float() != batch.targets).float() * batch.mask[..., None]
+    return wrong.sum((0, 2))
+
+
+def sequence_cost_bits(logits: Tensor, batch: SequenceBatch) -> Tensor:
+    """Binary cross-entropy in bits per sequence over the scored steps (the NTM paper's cost): -> (B,)."""
+    bce = F.binary_cross_entropy_with_logits(logits, batch.targets, reduction="none") * batch.mask[..., None]
+    return bce.sum((0, 2)) / LN2
+
+
+@dataclass
+class Curriculum:
+    """Sequence-length curriculum of PAPER.md §4: the length starts at `length` (1) and grows by one as soon as
+    the mean of the last `window` recorded errors (bits per sequence) is below `threshold` (0.15); the window
+    restarts at every new length, so only errors at the current length count.
+
+    `max_solved` is the largest length at which the criterion was met (0 before any); `score` reports it, the
+    paper's "max sequence length solved". The state is a plain dict (`state_dict`).
+    """
+
+    threshold: float = 0.15  # bits per sequence, PAPER.md §4
+    window: int = 10  # recorded batch errors averaged (our choice; the paper does not give it)
+    length: int = 1
+    max_solved: int = 0
+    errors: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        _check_positive(window=self.window, length=self.length)
+        if not self.threshold > 0:
+            raise ConfigError(f"curriculum threshold must be > 0, got {self.threshold}")
+
+    @property
+    def score(self) -> int:
+        return self.max_solved
+
+    def record(self, error: float) -> bool:
+        """Record one batch's mean error per sequence; returns True when the length has just grown."""
+        self.errors = [*self.errors, float(error)][-self.window :]
+        if len(self.errors) == self.window and sum(self.errors) / self.window < self.threshold:
+            self.max_solved = max(self.max_solved, self.length)
+            self.length += 1
+            self.errors = []
+            return True
+        return False
+
+    def state_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> Curriculum:
+        return cls(**state)
+
+
+# ---------------------------------------------------------------------------------------------- Penn Treebank
+PTB_SPLITS = ("train", "valid", "test")
+NEWLINE = "\n"  # the end of a line is a symbol of its own
+
+
+@dataclass(frozen=True)
+class CharCorpus:
+    """Symbol ids (N,) int64 per split; `vocab[i]` is symbol i (built from train, sorted)."""
+
+    train: Tensor
+    valid: Tensor
+    test: Tensor
+    vocab: tuple[str, ...]
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    def decode(self, ids: Tensor) -> str:
+        return "".join(self.vocab[i] for i in ids.tolist())
+
+
+def ptb_char_path(data_dir: str | Path, split: str) -> Path:
+    """`ptb.char.{split}.txt` in `data_dir` or `data_dir/ptb`; DataError naming the file if neither has it."""
+    name = f"ptb.char.{split}.txt"
+    data_dir = Path(data_dir).expanduser()
+    for d in (data_dir, data_dir / "ptb"):
+        if (d / name).is_file():
+            return d / name
+    raise DataError(f"Penn Treebank file {name} not found in {data_dir} (nor in its ptb/ subfolder)")
+
+
+def read_char_symbols(path: Path) -> str:
+    """The symbols of a Mikolov character file: characters separated by spaces, `_` the word space, each line
+    ending in a newline symbol. Returns them as one string (one character per symbol)."""
+    text = path.read_text(encoding="utf-8")
+    bad = re.search(r"[^ \n]{2,}", text)
+    if bad:
+        line = text.count("\n", 0, bad.start()) + 1
+        raise DataError(f"{path}:{line}: token {bad.group()!r} is not a single character separated by spaces")
+    return text.replace(" ", "")
+
+
+def load_ptb_chars(data_dir: str | Path) -> CharCorpus:
+    """Read the three splits; the vocabulary is the sorted set of train symbols (50 for PTB)."""
+    symbols = {s: read_char_symbols(ptb_char_path(data_dir, s)) for s in PTB_SPLITS}
+    vocab = tuple(sorted(set(symbols["train"])))
+    index = {c: i for i, c in enumerate(vocab)}
+    ids = {}
+    for split, text in symbols.items():
+        unknown = set(text) - index.keys()
+        if unknown:
+            raise DataError(f"{ptb_char_path(data_dir, split)}: symbols not in train: {sorted(unknown)}")
+        ids[split] = torch.tensor([index[c] for c in text], dtype=torch.long)
+    return CharCorpus(ids["train"], ids["valid"], ids["test"], vocab)
+
+
+def batchify(stream: Tensor, batch: int) -> Tensor:
+    """(N,) -> (B, N // B): B contiguous streams, the tail that does not fill a row dropped."""
+    _check_positive(batch=batch)
+    n = stream.shape[0] // batch
+    if n < 2:
+        raise ConfigError(f"a stream of {stream.shape[0]} symbols is too short for {batch} rows")
+    return stream[: n * batch].view(batch, n)
+
+
+def stream_chunks(data: Tensor, T: int, vocab_size: int) -> Iterator[tuple[Tensor, Tensor]]:  # noqa: N803
+    """Consecutive chunks of a batchified stream (B, N) for TBPTT: inputs (T', B, V) one-hot float, targets
+    (T', B) the next symbols; T' = T except maybe the last chunk. The state carries across chunks."""
+    _check_positive(T=T)
+    for lo in range(0, data.shape[1] - 1, T):
+        hi = min(lo + T, data.shape[1] - 1)
+        x = data[:, lo:hi].t()  # (T', B)
+        yield F.one_hot(x, vocab_size).float(), data[:, lo + 1 : hi + 1].t()
+
+
+def char_step_loss(logits: Tensor, target: Tensor) -> Tensor:
+    """Per-example cross-entropy in nats: (B, V), (B,) -> (B,)."""
+    return F.cross_entropy(logits, target, reduction="none")
+
+
+def bits_per_character(logits: Tensor, targets: Tensor) -> float:
+    """Mean cross-entropy in bits: logits (..., V), targets (...) -> nats / ln 2."""
+    return F.cross_entropy(logits.flatten(0, -2), targets.flatten()).item() / LN2
+
+
+@torch.no_grad()
+def evaluate_bpc(core: RecurrentCore, readout: nn.Module, data: Tensor, vocab_size: int, chunk: int = 200) -> float:
+    """Bits per character of `readout ∘ core` over a batchified stream (B, N), state carried from the start."""
+    state, nats, count = core.initial_state(data.shape[0]), 0.0, 0
+    like = state[0]  # one-hot inputs in the core's dtype and device
+    for x, y in stream_chunks(data, chunk, vocab_size):
+        x, y = x.to(like), y.to(like.device)
+        for t in range(x.shape[0]):
+            out, state = core.step(x[t], state)
+            nats += F.cross_entropy(readout(out), y[t], reduction="sum").item()
+            count += y.shape[1]
+    return nats / count / LN2
+
+
+# ---------------------------------------------------------------------------------------------- two networks
+@dataclass(frozen=True)
+class MultiNetBatch:
+    """inputs (S, B, 784) flattened digits; digits (S, B) their labels; counts (W, B) the window targets."""
+
+    inputs: Tensor
+    digits: Tensor
+    counts: Tensor
+
+
+class MultiNetTask:
+    """The two-network system's data (PAPER.md §5), as we define it.
+
+    A sequence has S = W·T steps. At every step t, network A reads one MNIST image drawn uniformly with
+    replacement from the split, flattened to 784 values in [0, 1]. Window k covers steps kT … kT + T − 1;
+    network B ticks once per window, at its last step t = kT + T − 1, reading only A's message at that step,
+    and must output the number of odd digits among the window's T digits: a classification over T + 1
+    classes (0 … T), scored with cross-entropy. counts[k] is that number.
+    """
+
+    def __init__(self, images: Tensor, labels: Tensor, T: int = 4) -> None:  # noqa: N803
+        _check_positive(T=T)
+        if images.shape[0] != labels.shape[0] or images.shape[0] == 0:
+            raise DataError(f"{images.shape[0]} images vs {labels.shape[0]} labels")
+        self.images, self.labels, self.T = images.flatten(1), labels, T
+
+    @classmethod
+    def from_dataset(cls, dataset: ImageDataset, *, split: str = "train", T: int = 4) -> MultiNetTask:  # noqa: N803
+        if split not in ("train", "test"):
+            raise ConfigError(f"split must be 'train' or 'test', got {split!r}")
+        return cls(getattr(dataset, f"{split}_images"), getattr(dataset, f"{split}_labels"), T)
+
+    @property
+    def num_classes(self) -> int:
+        return self.T + 1
+
+    def sample(self, batch: int, windows: int, generator: torch.Generator) -> MultiNetBatch:
+        _check_positive(batch=batch, windows=windows)
+        idx = torch.randint(0, self.images.shape[0], (windows * self.T, batch), generator=generator)  # (S, B)
+        digits = self.labels[idx]
+        counts = (digits % 2).view(windows, self.T, batch).sum(1)  # (W, B)
+        return MultiNetBatch(self.images[idx], digits, counts)
