@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt, truncated or not a checkpoint
-        raise SynthgradError(f"checkpoint {path} is unreadable ({type(e).__name__}: {str(e)[:200]})") from None
+        detail = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(e)).split())[:200]  # one line, no terminal colours
+        raise SynthgradError(f"checkpoint {path} is unreadable ({type(e).__name__}: {detail})") from None
 
 
 def write_json(path: str | Path, obj: Any) -> None:

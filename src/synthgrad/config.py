@@ -113,6 +113,21 @@ class TrainConfig:
 
 
 _ENUMS = {"method": Method, "synthesizer": SynthesizerKind}
+_PLAIN = {"str": str, "bool": bool, "int": int, "float": (int, float)}
+
+
+def _check_type(field: dataclasses.Field, v: Any) -> None:
+    """Reject a value of the wrong type (e.g. `layers = "3"` in a TOML file) with a message naming the key."""
+    kind = str(field.type).split(" | ")[0]
+    if kind.startswith("tuple"):
+        ok = isinstance(v, list | tuple) and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
+        kind = "a list of integers"
+    elif kind in _PLAIN:
+        ok = isinstance(v, _PLAIN[kind]) and (kind == "bool" or not isinstance(v, bool))
+    else:
+        return  # enums: converted and checked below
+    if not ok:
+        raise ConfigError(f"{field.name} must be {kind}, got {v!r}")
 
 
 def from_dict(values: dict[str, Any], base: TrainConfig | None = None) -> TrainConfig:
@@ -122,7 +137,10 @@ def from_dict(values: dict[str, Any], base: TrainConfig | None = None) -> TrainC
     if unknown:
         raise ConfigError(f"unknown config key(s): {', '.join(unknown)}")
     converted = {}
+    by_name = {f.name: f for f in fields(TrainConfig)}
     for k, v in values.items():
+        if v is not None:
+            _check_type(by_name[k], v)
         if v is not None and k in _ENUMS:
             try:
                 v = _ENUMS[k](v)

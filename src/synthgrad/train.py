@@ -167,9 +167,10 @@ def _train(cfg: TrainConfig, out: Path, ckpt: dict | None, progress: bool | None
             diagnose = cfg.diagnose_every > 0 and net.steps % cfg.diagnose_every == 0
             stats = net.train_step(x, y, context, diagnose=diagnose)
             if not math.isfinite(stats.loss):
+                last = out / "checkpoint.pt"
                 raise TrainingDiverged(
                     f"training diverged: loss is {stats.loss} at epoch {epoch}, step {net.steps} (lr {cfg.lr}); "
-                    f"the last good checkpoint is {out / 'checkpoint.pt'}"
+                    + (f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet")
                 )
             sums["loss"] += stats.loss
             if stats.sg_loss:
