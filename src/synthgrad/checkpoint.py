@@ -18,6 +18,9 @@ def _atomic_write(path: Path, write) -> None:
     """Write through a temporary file in the same directory, fsync it, then rename over `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; results should be as readable as any other file
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
