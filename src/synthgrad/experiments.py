@@ -86,7 +86,8 @@ def demo(
     )
     bp_time = results[0]["time_per_epoch_s"]
     lines = [
-        f"MNIST FCN, {layers} layers ({layers - 1} hidden of 256), {epochs} epochs, batch 256, Adam lr {base.lr}",
+        f"MNIST FCN, {layers} layers ({layers - 1} hidden of 256), {epochs} epochs, batch 256, Adam lr {base.lr} "
+        f"(synthesizers {base.synthesizer_lr})",
         f"{'method':10s} {'test error':>10s} {'s/epoch':>8s} {'× backprop':>10s} {'cos(SG, true) per cut'}",
     ]
     for r in results:
@@ -186,7 +187,8 @@ def _report(results: dict, out: Path, epochs: int, seeds: int, quick: bool, elap
         "",
         f"Budget: {'QUICK smoke run (1 epoch on 2,048 examples): numbers are not meaningful. ' if quick else ''}"
         f"FCN rows {1 if quick else epochs} epochs on all 60k training images; batch 256; Adam lr "
-        f"{TrainConfig().lr} for modules and synthesizers; {seeds} seed(s) per row (mean ± std). The paper trained "
+        f"{TrainConfig().lr} for modules, {TrainConfig().synthesizer_lr} for synthesizers; {seeds} seed(s) per row "
+        "(mean ± std). The paper trained "
         "500k iterations (≈2,100 epochs) at lr 3e-5, so our numbers are at <1% of its budget.",
         f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
         f"torch {torch.__version__}; suite wall time {elapsed / 60:.1f} min.",
