@@ -46,6 +46,16 @@ class StepStats:
     updated: list[bool] = field(default_factory=list)  # which modules updated (update decoupling)
 
 
+@dataclass
+class ModuleStep:
+    """What one module's share of a step produced."""
+
+    carried: Tensor | None  # (∂h_i/∂h_{i-1})ᵀ ĝ_i in synthesizer units: the target of M_{i-1}; None for i = 0
+    synthetic: Tensor | None  # ĝ_i = M_i(h_i, c), with graph to M_i; None at the top
+    output: Tensor  # h_i
+    loss: float | None  # the task loss, at the top module only
+
+
 @contextlib.contextmanager
 def frozen_buffers(module: nn.Module) -> Iterator[None]:
     """Run forward passes that leave every buffer (batch-norm running statistics) exactly as it was."""
@@ -127,7 +137,12 @@ class DecoupledSequential(nn.Module):
         return self.input_synthesizers is not None
 
     # ------------------------------------------------------------------ training
-    def _draw_updates(self) -> list[bool]:
+    # One step is built from four public operations, so that the parallel runtime (one module per process)
+    # runs exactly the same maths as `train_step` (one process): draw_updates, train_input_synthesizer,
+    # module_step, train_synthesizer.
+
+    def draw_updates(self) -> list[bool]:
+        """Which modules update this step (update decoupling); all of them when p = 1 (no random draw)."""
         if self.update_prob >= 1.0:
             return [True] * len(self.stages)
         draws = torch.rand(len(self.stages), generator=self.generator)
@@ -154,62 +169,81 @@ class DecoupledSequential(nn.Module):
                 batch-norm statistics untouched) and report its cosine with the synthetic gradient.
         """
         true_grads = self.true_gradients(x, target) if diagnose and len(self.stages) > 1 else None
-        updates = self._draw_updates()
+        updates = self.draw_updates()
         stats = StepStats(loss=float("nan"), updated=updates)
         real = x  # the real activation entering the current module
         below: Tensor | None = None  # ĝ_{i-1}: prediction of the synthesizer under the current module
         for i, module in enumerate(self.stages):
             if self.unlocked and i > 0:
-                # Complete unlock: train f_i on I_i(x); I_i regresses onto the real h_{i-1}.
-                isynth, iopt = self.input_synthesizers[i - 1], self.input_optimizers[i - 1]
-                synthetic_in = isynth(x, context)
-                in_loss = synthesizer_loss(synthetic_in, real)
-                in_loss.backward()
-                self._step(iopt, updates[i])
-                stats.input_loss.append(in_loss.item())
+                synthetic_in, in_loss = self.train_input_synthesizer(i, x, real, context, updates[i])
+                stats.input_loss.append(in_loss)
                 with torch.no_grad():
                     real_out = module(real)  # real path: BN statistics and the next input target
-                with frozen_buffers(module):  # held until after the backward pass, which reads the buffers
-                    carried, synthetic, _, loss = self._forward_backward(i, synthetic_in.detach(), target, context)
+                result = self.module_step(i, synthetic_in, target, context, updates[i], synthetic_input=True)
             else:
-                carried, synthetic, real_out, loss = self._forward_backward(i, real, target, context)
-            if loss is not None:
-                stats.loss = loss
-            self._step(self.optimizers[i], updates[i])
+                result = self.module_step(i, real, target, context, updates[i])
+                real_out = result.output
+            if result.loss is not None:
+                stats.loss = result.loss
             if below is not None:
                 # M_{i-1} regresses onto the gradient carried back through f_i ([Note: bootstrapped target]).
-                self._train_synthesizer(i - 1, below, carried, updates[i - 1], stats)
+                sg_loss, cosine = self.train_synthesizer(i - 1, below, result.carried, updates[i - 1])
+                stats.sg_loss.append(sg_loss)
+                stats.target_cosine.append(cosine)
                 if true_grads is not None:
                     stats.true_cosine = (stats.true_cosine or []) + [batch_cosine(below, true_grads[i - 1]).item()]
-            below = synthetic
+            below = result.synthetic
             real = real_out.detach()
         self.steps += 1
         return stats
 
-    def _forward_backward(
-        self, i: int, source: Tensor, target: Tensor, context: Tensor | None
-    ) -> tuple[Tensor | None, Tensor | None, Tensor, float | None]:
-        """Forward f_i on a detached copy of `source` and back-propagate its (synthetic or true) gradient.
+    def module_step(
+        self,
+        i: int,
+        source: Tensor,
+        target: Tensor,
+        context: Tensor | None,
+        update: bool = True,
+        *,
+        synthetic_input: bool = False,
+    ) -> ModuleStep:
+        """Module i's whole share of a step: forward on a detached `source`, back-propagate the synthetic
+        gradient of its output (or the true loss at the top), and update at once if `update`.
 
-        Returns (carried gradient for M_{i-1} or None at the bottom, ĝ_i with graph to M_i or None at the top,
-        f_i's output, the loss at the top or None). Parameter gradients of f_i are left in `.grad`.
+        With `synthetic_input` (complete unlock) batch-norm statistics are left as they were: they describe
+        real inputs, which is what evaluation sees.
         """
         inp = source.detach().requires_grad_(i > 0)
-        out = self.stages[i](inp)
-        below = inp if i > 0 else None
-        if i == len(self.stages) - 1:
-            loss = self.loss_fn(out, target)
-            return backward_through(loss, None, below), None, out, loss.item()
-        synthetic = self.synthesizers[i](out.detach(), context)  # (B, *h_i.shape), graph to M_i
-        return backward_through(out, to_module_grad(synthetic.detach()), below), synthetic, out, None
+        with frozen_buffers(self.stages[i]) if synthetic_input else contextlib.nullcontext():
+            out = self.stages[i](inp)  # the buffers stay frozen until after backward, which reads them
+            below = inp if i > 0 else None
+            if i == len(self.stages) - 1:
+                loss = self.loss_fn(out, target)
+                carried, synthetic, loss_value = backward_through(loss, None, below), None, loss.item()
+            else:
+                synthetic = self.synthesizers[i](out.detach(), context)  # (B, *h_i.shape), graph to M_i
+                carried = backward_through(out, to_module_grad(synthetic.detach()), below)
+                loss_value = None
+        self._step(self.optimizers[i], update)
+        return ModuleStep(carried=carried, synthetic=synthetic, output=out, loss=loss_value)
 
-    def _train_synthesizer(self, j: int, prediction: Tensor, target: Tensor, update: bool, stats: StepStats) -> None:
+    def train_synthesizer(self, j: int, prediction: Tensor, target: Tensor, update: bool = True) -> tuple[float, float]:
+        """Regress M_j's `prediction` (with graph) onto `target`; returns (synthesizer loss, cosine)."""
         loss = synthesizer_loss(prediction, target)
         if prediction.requires_grad:  # a parameter-free synthesizer (an oracle) has nothing to train
             loss.backward()  # reaches M_j only: its input was detached from f_j ([Note: SG loss scale])
             self._step(self.synthesizer_optimizers[j], update)
-        stats.sg_loss.append(loss.item())
-        stats.target_cosine.append(batch_cosine(prediction.detach(), target).item())
+        return loss.item(), batch_cosine(prediction.detach(), target).item()
+
+    def train_input_synthesizer(
+        self, i: int, x: Tensor, real_input: Tensor, context: Tensor | None, update: bool = True
+    ) -> tuple[Tensor, float]:
+        """Complete unlock: I_i(x) regresses onto the real input of module i; returns (I_i(x), loss)."""
+        synthetic_in = self.input_synthesizers[i - 1](x, context)
+        loss = synthesizer_loss(synthetic_in, real_input)
+        loss.backward()
+        self._step(self.input_optimizers[i - 1], update)
+        return synthetic_in.detach(), loss.item()
 
     def true_gradients(self, x: Tensor, target: Tensor) -> list[Tensor]:
         """True per-example gradients ∂ℓ/∂h_i at every cut, by a locked forward/backward on real inputs.
