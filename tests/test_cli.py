@@ -12,28 +12,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
+from fakedata import write_fake_mnist
 from synthgrad.checkpoint import load_checkpoint
 from synthgrad.cli import main
 from synthgrad.config import named_configs
-from synthgrad.data import write_idx
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--layers", "3", "--width", "32", "--epochs", "1", "--batch-size", "64", "--threads", "1", "--no-progress"]
-
-
-def write_fake_mnist(directory: Path, n_train: int = 600, n_test: int = 100, seed: int = 0) -> Path:
-    """Random uint8 images and labels under the four standard MNIST file names (gzipped)."""
-    rng = np.random.default_rng(seed)
-    directory.mkdir(parents=True, exist_ok=True)
-    for prefix, n in (("train", n_train), ("t10k", n_test)):
-        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
-        write_idx(directory / f"{prefix}-images-idx3-ubyte.gz", images, gzip=True)
-        write_idx(directory / f"{prefix}-labels-idx1-ubyte.gz", rng.integers(0, 10, n, dtype=np.uint8), gzip=True)
-    return directory
 
 
 @pytest.fixture(scope="session")

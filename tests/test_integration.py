@@ -8,13 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
+from fakedata import write_fake_mnist
 from synthgrad.checkpoint import load_checkpoint
 from synthgrad.cli import main
-from synthgrad.data import write_idx
 from synthgrad.decoupled import DecoupledSequential
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,16 +35,6 @@ def run_cli(capfd: pytest.CaptureFixture[str], *argv: str | os.PathLike[str]) ->
     except SystemExit as e:
         code = e.code
     return code, capfd.readouterr().err
-
-
-def write_fake_mnist(directory: Path, n_train: int = 600, n_test: int = 100, seed: int = 0) -> Path:
-    """Random uint8 images and labels under the four standard MNIST file names."""
-    rng = np.random.default_rng(seed)
-    directory.mkdir(parents=True, exist_ok=True)
-    for prefix, n in (("train", n_train), ("t10k", n_test)):
-        write_idx(directory / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
-        write_idx(directory / f"{prefix}-labels-idx1-ubyte", rng.integers(0, 10, n, dtype=np.uint8))
-    return directory
 
 
 # -- learning on the real MNIST ------------------------------------------------------------------------------

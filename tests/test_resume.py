@@ -10,27 +10,16 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 import synthgrad.checkpoint
+from fakedata import write_fake_mnist
 from synthgrad.checkpoint import load_checkpoint, save_checkpoint
 from synthgrad.cli import main
-from synthgrad.data import write_idx
 from synthgrad.errors import SynthgradError
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def write_fake_mnist(directory: Path, n_train: int, n_test: int, seed: int = 0) -> Path:
-    """Random uint8 images and labels under the four standard MNIST file names."""
-    rng = np.random.default_rng(seed)
-    directory.mkdir(parents=True, exist_ok=True)
-    for prefix, n in (("train", n_train), ("t10k", n_test)):
-        write_idx(directory / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
-        write_idx(directory / f"{prefix}-labels-idx1-ubyte", rng.integers(0, 10, n, dtype=np.uint8))
-    return directory
 
 
 @pytest.fixture(autouse=True)

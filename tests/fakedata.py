@@ -1,0 +1,23 @@
+"""Small fake datasets in the real formats, written by the tests themselves (fast, independent of real data)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from synthgrad.data import write_idx
+
+
+def write_fake_mnist(
+    directory: Path, n_train: int = 600, n_test: int = 100, seed: int = 0, *, gzip: bool = True
+) -> Path:
+    """Random uint8 28×28 images and labels 0..9 under the four standard MNIST file names."""
+    rng = np.random.default_rng(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    suffix = ".gz" if gzip else ""
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        write_idx(directory / f"{prefix}-images-idx3-ubyte{suffix}", images, gzip=gzip)
+        write_idx(directory / f"{prefix}-labels-idx1-ubyte{suffix}", rng.integers(0, 10, n, dtype=np.uint8), gzip=gzip)
+    return directory
