@@ -72,14 +72,13 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace):
     """TrainConfig from defaults <- config file <- command-line options."""
-    from synthgrad.config import from_dict, load_config_file
+    import dataclasses
 
+    from synthgrad.config import TrainConfig, from_dict, load_config_file
+
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
     values = load_config_file(args.config) if args.config else {}
-    overrides = {
-        k: v
-        for k, v in vars(args).items()
-        if v is not None and k not in ("config", "resume", "no_progress", "command", "func", "suite")
-    }
+    overrides = {k: v for k, v in vars(args).items() if v is not None and k in train_fields}
     return from_dict({**values, **overrides}).validate()
 
 
@@ -92,6 +91,44 @@ def _cmd_train(args: argparse.Namespace) -> int:
         f"{summary['method']}: test error {summary['test_error']:.2f}% after {summary['epochs']} epochs "
         f"({summary['wall_time_s']:.1f}s); results in {cfg.out}"
     )
+    return 0
+
+
+def _cmd_parallel(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from synthgrad.config import Method, ParallelConfig, Schedule
+    from synthgrad.parallel.runtime import env_rank_world
+
+    cfg = config_from_args(args)
+    schedule = args.schedule or ("model-parallel" if cfg.method is Method.BACKPROP else "decoupled")
+    pcfg = ParallelConfig(
+        train=cfg,
+        stages=args.stages,
+        schedule=Schedule(schedule),
+        max_staleness=args.max_staleness,
+        eval_every=args.eval_every,
+        target_error=None if args.target_accuracy is None else 100.0 - args.target_accuracy,
+        master_addr=args.master_addr,
+        master_port=args.master_port,
+        timeout_s=args.timeout,
+    )
+    if pcfg.schedule is Schedule.SINGLE:
+        pcfg = dataclasses.replace(pcfg, stages=1)
+    pcfg.validate()
+    if env_rank_world() is None:  # the launcher: start one process per stage on this machine
+        from synthgrad.parallel.launch import launch_local
+
+        return launch_local(args.argv, pcfg.stages, pcfg.master_addr, pcfg.master_port)
+    from synthgrad.parallel.worker import run_worker
+
+    result = run_worker(pcfg, resume=args.resume, progress=False if args.no_progress else None)
+    if int(__import__("os").environ["RANK"]) == 0:
+        sps = result.get("samples_per_s")
+        print(
+            f"{pcfg.schedule.value} ({cfg.method.value}, {pcfg.stages} stages): test error "
+            f"{result.get('final_test_error', float('nan')):.2f}%, {sps or 0:.0f} samples/s; results in {cfg.out}"
+        )
     return 0
 
 
@@ -159,18 +196,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_reproduce)
 
+    p = sub.add_parser(
+        "parallel",
+        help="train with one process per stage (this machine, or any under torchrun)",
+        description="Decoupled stages in separate processes on torch.distributed (gloo on CPU, NCCL on GPUs). "
+        "Without torchrun it starts --stages processes here; under torchrun each process runs one stage.",
+    )
+    add_train_arguments(p)
+    g = p.add_argument_group("parallel")
+    g.add_argument("--stages", type=_positive_int, default=2, help="K processes, one block of layers each")
+    g.add_argument("--schedule", choices=["decoupled", "model-parallel", "gpipe", "1f1b", "ddp", "single"])
+    g.add_argument(
+        "--max-staleness", type=int, default=2, help="synthesizer targets at most S steps late (0: lockstep)"
+    )
+    g.add_argument("--eval-every", type=int, default=0, help="steps between test evaluations (time to target)")
+    g.add_argument("--target-accuracy", type=float, help="test accuracy %% for time-to-target, e.g. 97.5")
+    g.add_argument("--master-addr", default="127.0.0.1", help="rendezvous address (default: loopback)")
+    g.add_argument("--master-port", type=int, help="rendezvous port (default: a free one)")
+    g.add_argument("--timeout", type=float, default=60.0, help="seconds before a silent stage is declared lost")
+    p.set_defaults(func=_cmd_parallel)
+
     p = sub.add_parser("configs", help="list the shipped experiment configs")
     p.set_defaults(func=_cmd_configs)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from synthgrad.parallel.runtime import StageLost
     from synthgrad.train import TrainingDiverged
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         return args.func(args)
+    except StageLost as e:
+        print(f"synthgrad: error: {e}", file=sys.stderr)
+        return 1
     except TrainingDiverged as e:
         print(f"synthgrad: error: {e}", file=sys.stderr)
         return EXIT_DIVERGED

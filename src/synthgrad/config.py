@@ -115,6 +115,65 @@ class TrainConfig:
         return out
 
 
+class Schedule(enum.Enum):
+    """How `synthgrad parallel` runs the K processes."""
+
+    DECOUPLED = "decoupled"  # DNI/cDNI stages, never waiting for gradients from downstream
+    MODEL_PARALLEL = "model-parallel"  # synchronous model-parallel backprop (the locked baseline)
+    GPIPE = "gpipe"  # torch.distributed.pipelining, GPipe schedule
+    ONE_F_ONE_B = "1f1b"  # torch.distributed.pipelining, 1F1B schedule
+    DDP = "ddp"  # DistributedDataParallel, a data-parallel reference
+    SINGLE = "single"  # single-process backprop (world size 1)
+
+
+@dataclass(frozen=True)
+class ParallelConfig:
+    """`synthgrad parallel`: a TrainConfig run over K processes."""
+
+    train: TrainConfig
+    stages: int = 2  # K processes; for model/pipeline parallelism a contiguous block of layers each
+    schedule: Schedule = Schedule.DECOUPLED  # --method backprop picks model-parallel unless named
+    # Targets of a synthesizer may arrive up to this many of its own steps late ([Note: bounded staleness]); 0 is
+    # lockstep (equal to the in-process run). 2 lets a stage run two batches ahead, enough to hide one hop.
+    max_staleness: int = 2
+    eval_every: int = 0  # steps between test evaluations (for time-to-target); 0: at epoch ends only
+    target_error: float | None = None  # test error % that counts as "target reached" (e.g. 2.5 = 97.5% accuracy)
+    master_addr: str = "127.0.0.1"  # rendezvous: loopback unless the user names another address
+    master_port: int | None = None  # None: a free port (single machine); multi-machine jobs name one
+    timeout_s: float = 60.0  # a stage that does not answer for this long is declared lost
+
+    def validate(self) -> ParallelConfig:
+        self.train.validate()
+        t = self.train
+        if self.stages < 1:
+            raise ConfigError(f"--stages must be >= 1, got {self.stages}")
+        if self.schedule is not Schedule.DDP and self.stages > t.layers:
+            raise ConfigError(f"--stages {self.stages} is more than the model's {t.layers} layers")
+        if self.schedule is Schedule.DECOUPLED and t.method is Method.BACKPROP:
+            raise ConfigError("the decoupled schedule needs --method dni or cdni (backprop: --schedule model-parallel)")
+        if self.schedule is not Schedule.DECOUPLED and t.method is not Method.BACKPROP:
+            raise ConfigError(f"--schedule {self.schedule.value} trains with backprop: use --method backprop")
+        if self.schedule is Schedule.DECOUPLED and self.stages < 2:
+            raise ConfigError("the decoupled schedule needs --stages >= 2 (one stage is plain backprop)")
+        if self.max_staleness < 0:
+            raise ConfigError(f"--max-staleness must be >= 0, got {self.max_staleness}")
+        if self.master_port is not None and not 0 < self.master_port < 65536:
+            raise ConfigError(f"--master-port must be in 1..65535, got {self.master_port}")
+        if t.model != "fcn":
+            raise ConfigError("synthgrad parallel supports --model fcn for now")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "train": self.train.to_dict(),
+            "stages": self.stages,
+            "schedule": self.schedule.value,
+            "max_staleness": self.max_staleness,
+            "eval_every": self.eval_every,
+            "target_error": self.target_error,
+        }
+
+
 _ENUMS = {"method": Method, "synthesizer": SynthesizerKind}
 _PLAIN = {"str": str, "bool": bool, "int": int, "float": (int, float)}
 
@@ -182,4 +241,4 @@ def load_config_file(name_or_path: str) -> dict[str, Any]:
         raise ConfigError(f"config {name_or_path!r} is not valid TOML: {e}") from None
 
 
-__all__ = ["Method", "TrainConfig", "from_dict", "load_config_file", "named_configs"]
+__all__ = ["Method", "ParallelConfig", "Schedule", "TrainConfig", "from_dict", "load_config_file", "named_configs"]

@@ -289,7 +289,7 @@ class DecoupledSequential(nn.Module):
         self.steps = int(state["steps"])
 
 
-def _infer_shapes(blocks: Sequence[nn.Module], example_input: Tensor) -> list[tuple[int, ...]]:
+def infer_shapes(blocks: Sequence[nn.Module], example_input: Tensor) -> list[tuple[int, ...]]:
     """Per-example output shape of every block, from one forward pass in eval mode (no state is changed)."""
     shapes = []
     with torch.no_grad(), frozen_buffers(nn.ModuleList(blocks)):
@@ -354,7 +354,7 @@ def decouple(
     blocks: list[nn.Module] = [
         children[a] if b - a == 1 else nn.Sequential(*children[a:b]) for a, b in zip(bounds, bounds[1:], strict=False)
     ]
-    shapes = _infer_shapes(blocks, example_input)
+    shapes = infer_shapes(blocks, example_input)
 
     def build(spec_or_fn, in_shape, out_shape=None) -> nn.Module:
         if callable(spec_or_fn) and not isinstance(spec_or_fn, SynthesizerSpec):

@@ -42,8 +42,11 @@ def load_dataset(cfg: TrainConfig) -> ImageDataset:
     return loader(resolve_data_dir(cfg.data_dir), download=cfg.download)
 
 
-def build_network(cfg: TrainConfig, input_shape: tuple[int, ...], num_classes: int) -> DecoupledSequential:
-    """The model of `cfg` cut after every layer (DNI/cDNI) or not at all (backprop). Seeds the init."""
+def build_network(
+    cfg: TrainConfig, input_shape: tuple[int, ...], num_classes: int, cuts: list[int] | None = None
+) -> DecoupledSequential:
+    """The model of `cfg` cut after every layer (or after the layers in `cuts`) for DNI/cDNI, not at all for
+    backprop. Seeds the init, so every process that builds it gets the same network."""
     torch.manual_seed(cfg.seed)
     width = cfg.model_width()
     if cfg.model == "fcn":
@@ -57,7 +60,7 @@ def build_network(cfg: TrainConfig, input_shape: tuple[int, ...], num_classes: i
         model,
         example,
         lr=lr,
-        cuts=[] if locked else None,
+        cuts=[] if locked else cuts,
         synthesizer=cfg.synthesizer_spec(),
         context_dim=num_classes if cfg.method is Method.CDNI else 0,
         update_prob=cfg.update_prob,
