@@ -99,8 +99,11 @@ class DecoupledStage:
         batch = y.shape[0]
         if net.unlocked and k > 0:
             self.inputs_pending.append((t, x, context, updates[k]))
-            self._drain_inputs(t, block_older_than=t - self.max_staleness)
-            source, synthetic_input = self._fresh_synthetic_input, True
+            source = self._drain_inputs(t, block_older_than=t - self.max_staleness)
+            if source is None:  # the real input of step t has not arrived yet: I_k as it is now
+                with rt.timing.measure("compute"), torch.no_grad():
+                    source = net.input_synthesizers[k - 1](x, context)
+            synthetic_input = True
         elif k > 0:
             source = rt.recv((batch, *self.shapes[k - 1]), k - 1, TAG_FORWARD)
             synthetic_input = False
@@ -121,10 +124,13 @@ class DecoupledStage:
         rt.timing.steps += 1
         return result.loss
 
-    def _drain_inputs(self, t: int, block_older_than: int) -> None:
-        """Complete unlock: train I_k on real inputs that have arrived; wait for those older than allowed."""
+    def _drain_inputs(self, t: int, block_older_than: int) -> Tensor | None:
+        """Complete unlock: train I_k on real inputs that have arrived; wait for those older than allowed.
+
+        Returns I_k(x_t) as computed for its own training step if step t's real input was among them, else None.
+        """
         net, rt, k = self.net, self.rt, self.k
-        self._fresh_synthetic_input = None
+        fresh = None
         while self.inputs_pending:
             step, x, context, update = self.inputs_pending[0]
             if self.input_work is None:
@@ -143,13 +149,10 @@ class DecoupledStage:
                 with torch.no_grad():
                     real_out = net.stages[k](buf)  # batch-norm statistics from real inputs
             if step == t:
-                self._fresh_synthetic_input = synthetic_in
+                fresh = synthetic_in
             if not self.top:
                 self._send(real_out, k + 1, TAG_FORWARD)
-        if self._fresh_synthetic_input is None:
-            with rt.timing.measure("compute"), torch.no_grad():
-                _, x, context, _ = self.inputs_pending[-1]
-                self._fresh_synthetic_input = net.input_synthesizers[k - 1](x, context)
+        return fresh
 
     def _drain_targets(self, block_older_than: int) -> None:
         """Train M_k on the targets that have arrived; block for any older than the staleness bound allows."""

@@ -117,6 +117,8 @@ def _run_decoupled(pcfg: ParallelConfig, rt: Runtime, data, resume: bool, progre
     problem = None
     if k == 0 and not resume and (manifest.exists() or (out / "summary.json").exists()):
         problem = f"{out} already holds a run: pass --resume to continue it, or choose another --out"
+    elif k == 0 and resume and manifest.exists():
+        problem = _resume_mismatch(json.loads((out / "config.json").read_text()), pcfg.to_dict(), out)
     problem = rt.broadcast_object(problem, src=0)
     if problem:
         raise ConfigError(problem)
@@ -198,6 +200,18 @@ def _run_decoupled(pcfg: ParallelConfig, rt: Runtime, data, resume: bool, progre
         (out / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
         write_json(out / "summary.json", result)
     return result
+
+
+_RESUMABLE = {"epochs", "out", "data_dir", "threads", "device", "download"}
+
+
+def _resume_mismatch(saved: dict, now: dict, out: Path) -> str | None:
+    """A message if the run in `out` was started with another config (epochs may grow), else None."""
+    differ = [k for k in now if k != "train" and saved.get(k) != now[k]]
+    differ += [k for k in now["train"] if k not in _RESUMABLE and saved["train"].get(k) != now["train"][k]]
+    if differ:
+        return f"--resume with a different config than the run in {out} (differs in: {', '.join(sorted(differ))})"
+    return None
 
 
 def _hit(pcfg: ParallelConfig, err: float) -> bool:

@@ -1,0 +1,214 @@
+"""The multi-process runtime: equal to the in-process reference in lockstep, bounded staleness, faults, torchrun.
+
+Every job here runs real processes on 127.0.0.1 with gloo, one torch thread each, on a small fake MNIST.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from fakedata import write_fake_mnist
+from synthgrad.checkpoint import load_checkpoint
+from synthgrad.config import Method, TrainConfig
+from synthgrad.core import one_hot_context
+from synthgrad.parallel.worker import split_layers
+from synthgrad.train import build_network, load_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+SMALL = ["--layers", "4", "--width", "16", "--batch-size", "32", "--threads", "1", "--no-progress", "--seed", "3"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_fake_mnist(tmp_path_factory.mktemp("pdata"), n_train=320, n_test=64)
+
+
+def cli(*args: object, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "synthgrad.cli", *map(str, args)],
+        env=ENV, capture_output=True, text=True, timeout=timeout, cwd=REPO,
+    )  # fmt: skip
+
+
+def reference(data: Path, method: str, stages: int, epochs: int, **extra) -> list[dict]:
+    """The in-process run: one DecoupledSequential cut at the same stage boundaries, same batches, same seed."""
+    torch.set_num_threads(1)
+    cfg = TrainConfig(data_dir=str(data), layers=4, width=16, batch_size=32, seed=3, method=Method(method), **extra)
+    ds = load_dataset(cfg)
+    cuts = [b[-1] for b in split_layers(4, stages)[:-1]]
+    net = build_network(cfg, ds.input_shape, ds.num_classes, cuts=cuts)
+    for epoch in range(1, epochs + 1):
+        order = torch.randperm(len(ds.train_labels), generator=torch.Generator().manual_seed(3 * 100_003 + epoch))
+        for s in range(len(ds.train_labels) // 32):
+            idx = order[s * 32 : (s + 1) * 32]
+            y = ds.train_labels[idx]
+            net.train_step(ds.train_images[idx], y, one_hot_context(y, 10) if method == "cdni" else None)
+    states = []
+    for k in range(stages):
+        state = {"module": net.stages[k].state_dict()}
+        if k < stages - 1:
+            state["synthesizer"] = net.synthesizers[k].state_dict()
+        states.append(state)
+    return states
+
+
+def max_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
+
+
+@pytest.mark.parametrize(
+    ("method", "stages", "extra_args", "extra_cfg"),
+    [
+        ("cdni", 2, ["--update-prob", "0.7"], {"update_prob": 0.7}),
+        ("cdni", 3, [], {}),
+        ("dni", 2, ["--synthesizer-hidden", "32"], {"synthesizer_hidden": (32,)}),
+        ("cdni", 2, ["--unlock", "full"], {"unlock": "full"}),
+    ],
+    ids=["cdni-2-p0.7", "cdni-3", "dni-2", "cdni-2-unlock"],
+)
+def test_lockstep_equals_in_process(data, tmp_path, method, stages, extra_args, extra_cfg) -> None:
+    out = tmp_path / "run"
+    r = cli("parallel", "--stages", stages, "--method", method, "--max-staleness", 0, "--data-dir", data,
+            "--epochs", 2, "--out", out, *SMALL, *extra_args)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    want = reference(data, method, stages, 2, **extra_cfg)
+    for k in range(stages):
+        got = load_checkpoint(out / f"stage{k}-e2.pt")
+        assert max_diff(got["module"], want[k]["module"]) <= 1e-6
+        if k < stages - 1:
+            assert max_diff(got["synthesizer"], want[k]["synthesizer"]) <= 1e-6
+    summary = json.loads((out / "summary.json").read_text())
+    assert all(s["max_staleness_seen"] == 0 for s in summary["per_stage"])
+    assert not (out / "stage0-e1.pt").exists()  # older epochs are removed once a newer one is complete
+
+
+def test_lockstep_differs_from_a_wrong_reference(data, tmp_path) -> None:
+    """The comparison above can fail: another seed's in-process run is far from the parallel one."""
+    out = tmp_path / "run"
+    assert cli("parallel", "--stages", 2, "--method", "cdni", "--max-staleness", 0, "--data-dir", data,
+               "--epochs", 1, "--out", out, *SMALL).returncode == 0  # fmt: skip
+    want = reference(data, "cdni", 2, 2)  # one epoch more
+    assert max_diff(load_checkpoint(out / "stage0-e1.pt")["module"], want[0]["module"]) > 1e-4
+
+
+@pytest.mark.parametrize("bound", [1, 3])
+def test_staleness_never_exceeds_its_bound(data, tmp_path, bound) -> None:
+    out = tmp_path / "run"
+    r = cli("parallel", "--stages", 3, "--method", "cdni", "--max-staleness", bound, "--data-dir", data,
+            "--epochs", 2, "--out", out, *SMALL)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    seen = [s["max_staleness_seen"] for s in summary["per_stage"]]
+    assert max(seen) <= bound and seen[-1] == 0  # the top stage has no synthesizer
+    assert summary["steps"] == 2 * (320 // 32) and 0 <= summary["final_test_error"] <= 100
+
+
+def _children(pid: int) -> list[int]:
+    text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    return [int(c) for c in text.split()]
+
+
+def _rank_of(pid: int) -> int | None:
+    env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    for item in env:
+        if item.startswith(b"RANK="):
+            return int(item[5:])
+    return None
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs /proc to find the stage processes")
+@pytest.mark.parametrize("victim", [1, 0])
+def test_killed_stage_stops_the_job_and_resume_continues(data, tmp_path, victim) -> None:
+    out = tmp_path / "run"
+    args = ["parallel", "--stages", 2, "--method", "cdni", "--data-dir", data, "--out", out, *SMALL, "--epochs", 400]
+    job = subprocess.Popen([sys.executable, "-m", "synthgrad.cli", *map(str, args)], env=ENV, cwd=REPO,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 90
+    while not (out / "checkpoint.json").exists():
+        assert job.poll() is None, job.stderr.read()
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.05)
+    stages = {_rank_of(c): c for c in _children(job.pid)}
+    os.kill(stages[victim], signal.SIGKILL)
+    t0 = time.monotonic()
+    _, err = job.communicate(timeout=45)
+    assert time.monotonic() - t0 < 30
+    assert job.returncode != 0
+    assert f"stage {victim} was killed by SIGKILL" in err
+    assert "Traceback" not in err
+    meta = json.loads((out / "checkpoint.json").read_text())
+    for name in meta["files"]:
+        load_checkpoint(out / name)  # intact
+    done = meta["epoch"]
+    r = cli("parallel", "--stages", 2, "--method", "cdni", "--data-dir", data, "--out", out, *SMALL,
+            "--epochs", done + 1, "--resume")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert json.loads((out / "checkpoint.json").read_text())["epoch"] == done + 1
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _torchrun(node: int, port: int, data: Path, out: Path, *extra: object) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+           "--node-rank", str(node), "--master-addr", "127.0.0.1", "--master-port", str(port),
+           "-m", "synthgrad.cli", "parallel", "--stages", "2", "--method", "cdni", "--data-dir", str(data),
+           "--epochs", "1", "--out", str(out), *SMALL, *map(str, extra)]  # fmt: skip
+    return subprocess.Popen(cmd, env=ENV, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_two_torchrun_nodes_on_loopback(data, tmp_path) -> None:
+    port = _free_port()
+    nodes = [_torchrun(n, port, data, tmp_path / "run") for n in (0, 1)]
+    results = [n.communicate(timeout=120) for n in nodes]
+    for node, (_, err) in zip(nodes, results, strict=True):
+        assert node.returncode == 0, err
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["stages"] == 2 and [s["stage"] for s in summary["per_stage"]] == [0, 1]
+
+
+def test_mismatched_configs_between_ranks_fail_before_training(data, tmp_path) -> None:
+    port = _free_port()
+    nodes = [_torchrun(0, port, data, tmp_path / "run"), _torchrun(1, port, data, tmp_path / "run", "--lr", "0.5")]
+    errs = [n.communicate(timeout=120)[1] for n in nodes]
+    assert all(n.returncode != 0 for n in nodes)
+    assert any("different config" in e and "lr" in e for e in errs)
+    assert not (tmp_path / "run" / "checkpoint.json").exists()
+
+
+def test_more_stages_than_layers_is_a_clear_error(data, tmp_path) -> None:
+    r = cli("parallel", "--stages", 5, "--method", "cdni", "--data-dir", data, "--out", tmp_path / "o", *SMALL)
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and "more than the model's 4 layers" in r.stderr
+
+
+def test_port_in_use_is_a_clear_error(data, tmp_path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        r = cli("parallel", "--stages", 2, "--method", "cdni", "--data-dir", data, "--out", tmp_path / "o",
+                "--master-port", port, *SMALL)  # fmt: skip
+    assert r.returncode == 2
+    assert f"127.0.0.1:{port}" in r.stderr and r.stderr.strip().count("\n") == 0
+
+
+def test_rendezvous_defaults_to_loopback() -> None:
+    from synthgrad.config import ParallelConfig
+
+    assert ParallelConfig(train=TrainConfig()).master_addr == "127.0.0.1"
