@@ -17,6 +17,7 @@ from synthgrad.core import (
 from synthgrad.synthesizers import (
     ConvSynthesizer,
     LinearSynthesizer,
+    LowRankSynthesizer,
     MLPSynthesizer,
     SynthesizerKind,
     SynthesizerSpec,
@@ -25,6 +26,7 @@ from synthgrad.synthesizers import (
 
 SYNTHESIZERS = [
     ("linear", lambda c: LinearSynthesizer((7,), context_dim=c), (7,)),
+    ("lowrank", lambda c: LowRankSynthesizer((7,), rank=3, context_dim=c), (7,)),
     ("mlp", lambda c: MLPSynthesizer((7,), hidden=(5, 4), context_dim=c), (7,)),
     ("mlp-no-bn", lambda c: MLPSynthesizer((7,), hidden=(5,), batch_norm=False, context_dim=c), (7,)),
     ("conv", lambda c: ConvSynthesizer((3, 6, 6), hidden=(4, 4), kernel_size=3, context_dim=c), (3, 6, 6)),

@@ -32,6 +32,7 @@ from synthgrad.decoupled import DecoupledSequential, StepStats, decouple
 from synthgrad.synthesizers import (
     ConvSynthesizer,
     LinearSynthesizer,
+    LowRankSynthesizer,
     MLPSynthesizer,
     Synthesizer,
     SynthesizerKind,
@@ -45,6 +46,7 @@ __all__ = [
     "ConvSynthesizer",
     "DecoupledSequential",
     "LinearSynthesizer",
+    "LowRankSynthesizer",
     "MLPSynthesizer",
     "StepStats",
     "Synthesizer",

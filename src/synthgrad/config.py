@@ -104,7 +104,7 @@ class TrainConfig:
             kind = SynthesizerKind.LINEAR if self.method is Method.CDNI else SynthesizerKind.MLP
         hidden = self.synthesizer_hidden
         if hidden is None:
-            hidden = (128, 128) if kind is SynthesizerKind.CONV else (1024, 1024)
+            hidden = {SynthesizerKind.CONV: (128, 128), SynthesizerKind.LOWRANK: (64,)}.get(kind, (1024, 1024))
         return SynthesizerSpec(kind, tuple(hidden))
 
     def to_dict(self) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 class SynthesizerKind(enum.Enum):
     LINEAR = "linear"
+    LOWRANK = "lowrank"  # linear through a narrow bottleneck: cheap on wide layers
     MLP = "mlp"
     CONV = "conv"
 
@@ -105,6 +106,29 @@ def LinearSynthesizer(  # noqa: N802 - a constructor, named like a class on purp
     return MLPSynthesizer(in_shape, out_shape, hidden=(), context_dim=context_dim)
 
 
+class LowRankSynthesizer(Synthesizer):
+    """Linear map of rank `rank`: [flatten(source), context] → Linear(·, rank) → Linear(rank, out), zero-init.
+
+    On a cut of width D the cost is 2·D·rank instead of D² for the full linear synthesizer, which keeps the
+    synthesizer a small fraction of a wide stage's work (the parallel runtime's default). A linear synthesizer
+    is what [USG] analyses; the bottleneck only limits its rank.
+    """
+
+    def __init__(
+        self, in_shape: Sequence[int], out_shape: Sequence[int] | None = None, *, rank: int = 64, context_dim: int = 0
+    ) -> None:
+        out_shape = in_shape if out_shape is None else out_shape
+        super().__init__(in_shape, out_shape, context_dim)
+        self.down = nn.Linear(_numel(self.in_shape) + context_dim, rank, bias=False)
+        self.out = zero_init_(nn.Linear(rank, _numel(self.out_shape)))
+
+    def _predict(self, source: Tensor, context: Tensor | None) -> Tensor:
+        z = source.flatten(1)  # (B, D)
+        if context is not None:
+            z = torch.cat([z, context.to(z.dtype)], dim=1)  # (B, D + C)
+        return self.out(self.down(z)).view(source.shape[0], *self.out_shape)  # (B, *out_shape)
+
+
 class ConvSynthesizer(Synthesizer):
     """For feature maps (C, H, W): [Conv k×k → (BN) → ReLU] × len(hidden) → Conv k×k to C (zero-initialised).
 
@@ -165,6 +189,8 @@ class SynthesizerSpec:
         kind = SynthesizerKind(self.kind)
         if kind is SynthesizerKind.LINEAR:
             return LinearSynthesizer(in_shape, out_shape, context_dim=context_dim)
+        if kind is SynthesizerKind.LOWRANK:
+            return LowRankSynthesizer(in_shape, out_shape, rank=self.hidden[0], context_dim=context_dim)
         if kind is SynthesizerKind.MLP:
             return MLPSynthesizer(
                 in_shape, out_shape, hidden=self.hidden, batch_norm=self.batch_norm, context_dim=context_dim
