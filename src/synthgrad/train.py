@@ -55,7 +55,8 @@ def build_network(
         model = cnn(input_shape, num_classes, layers=cfg.layers, channels=width)
     example = torch.zeros(2, *input_shape)
     locked = cfg.method is Method.BACKPROP
-    lr, slr = cfg.lr, cfg.synthesizer_lr or cfg.lr
+    lr = cfg.module_lr()
+    slr = cfg.synthesizer_lr or lr
     return decouple(
         model,
         example,
@@ -175,7 +176,8 @@ def _train(cfg: TrainConfig, out: Path, ckpt: dict | None, progress: bool | None
             if not math.isfinite(stats.loss):
                 last = out / "checkpoint.pt"
                 raise TrainingDiverged(
-                    f"training diverged: loss is {stats.loss} at epoch {epoch}, step {net.steps} (lr {cfg.lr}); "
+                    f"training diverged: loss is {stats.loss} at epoch {epoch}, step {net.steps} "
+                    f"(lr {cfg.module_lr()}); "
                     + (f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet")
                 )
             sums["loss"] += stats.loss
