@@ -1,0 +1,1 @@
+"""Decoupled training across processes on torch.distributed (issue 3): stages, runtime, launcher, baselines."""
