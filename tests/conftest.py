@@ -29,6 +29,14 @@ def data_dir() -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    """`--threads` sets torch's process-wide thread count; give the other tests their setting back."""
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--runslow", action="store_true", default=False, help="run tests marked slow")
 

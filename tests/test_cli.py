@@ -15,9 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from fakedata import write_fake_mnist
+from helpers import run_cli, write_fake_mnist
 from synthgrad.checkpoint import load_checkpoint
-from synthgrad.cli import main
 from synthgrad.config import named_configs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,25 +26,6 @@ TINY = ["--layers", "3", "--width", "32", "--epochs", "1", "--batch-size", "64",
 @pytest.fixture(scope="session")
 def fake_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_fake_mnist(tmp_path_factory.mktemp("fake_mnist"))
-
-
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    """`--threads` sets torch's process-wide thread count; give the other tests their setting back."""
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
-
-
-def run_cli(capfd: pytest.CaptureFixture[str], *argv: str | os.PathLike[str]) -> tuple[int, str, str]:
-    """`synthgrad.cli.main` in-process: (exit code, stdout, stderr)."""
-    capfd.readouterr()  # drop anything printed before
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as e:  # argparse errors exit from inside main
-        code = e.code
-    out, err = capfd.readouterr()
-    return code, out, err
 
 
 def assert_one_line_error(code: int, err: str, *needles: str, expected_code: int = 2) -> str:

@@ -11,30 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from fakedata import write_fake_mnist
+from helpers import run_cli, write_fake_mnist
 from synthgrad.checkpoint import load_checkpoint
-from synthgrad.cli import main
 from synthgrad.decoupled import DecoupledSequential
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    """`--threads` sets torch's process-wide thread count; give the other tests their setting back."""
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
-
-
-def run_cli(capfd: pytest.CaptureFixture[str], *argv: str | os.PathLike[str]) -> tuple[int, str]:
-    """`synthgrad.cli.main` in-process: (exit code, stderr)."""
-    capfd.readouterr()
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as e:
-        code = e.code
-    return code, capfd.readouterr().err
 
 
 # -- learning on the real MNIST ------------------------------------------------------------------------------
@@ -48,7 +29,7 @@ SHORT_RUN += ["--threads", "1", "--no-progress"]
 
 
 def short_run(capfd, data_dir: Path, out: Path, *extra: str) -> dict:
-    code, err = run_cli(capfd, "train", *SHORT_RUN, "--data-dir", data_dir, "--out", out, *extra)
+    code, _, err = run_cli(capfd, "train", *SHORT_RUN, "--data-dir", data_dir, "--out", out, *extra)
     assert code == 0, err
     return json.loads((out / "summary.json").read_text())
 
@@ -104,7 +85,7 @@ def test_nan_in_epoch_2_exits_3_and_keeps_the_epoch_1_checkpoint(capfd, tmp_path
         return real_step(self, *a, **kw)
 
     monkeypatch.setattr(DecoupledSequential, "train_step", poisoned_step)
-    code, err = run_cli(capfd, *args, "--epochs", "3")
+    code, _, err = run_cli(capfd, *args, "--epochs", "3")
     assert code == 3, err
     assert "Traceback" not in err
     errors = [line for line in err.splitlines() if line.startswith("synthgrad: error:")]
@@ -117,7 +98,7 @@ def test_nan_in_epoch_2_exits_3_and_keeps_the_epoch_1_checkpoint(capfd, tmp_path
     assert all(torch.isfinite(t).all() for t in ckpt["training"]["model"].values())
 
     monkeypatch.setattr(DecoupledSequential, "train_step", real_step)
-    code, err = run_cli(capfd, *args, "--epochs", "3", "--resume")
+    code, _, err = run_cli(capfd, *args, "--epochs", "3", "--resume")
     assert code == 0, err
     summary = json.loads((out / "summary.json").read_text())
     assert summary["epochs"] == 3 and summary["steps"] == 27

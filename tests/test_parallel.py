@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fakedata import write_fake_mnist
+from helpers import write_fake_mnist
 from synthgrad.checkpoint import load_checkpoint
 from synthgrad.config import Method, TrainConfig
 from synthgrad.core import one_hot_context

@@ -14,30 +14,11 @@ import pytest
 import torch
 
 import synthgrad.checkpoint
-from fakedata import write_fake_mnist
+from helpers import run_cli, write_fake_mnist
 from synthgrad.checkpoint import load_checkpoint, save_checkpoint
-from synthgrad.cli import main
 from synthgrad.errors import SynthgradError
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    """`--threads` sets torch's process-wide thread count; give the other tests their setting back."""
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
-
-
-def run_cli(capfd: pytest.CaptureFixture[str], *argv: str | os.PathLike[str]) -> tuple[int, str]:
-    """`synthgrad.cli.main` in-process: (exit code, stderr)."""
-    capfd.readouterr()
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as e:
-        code = e.code
-    return code, capfd.readouterr().err
 
 
 # -- resume after SIGKILL ------------------------------------------------------------------------------------
@@ -52,7 +33,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(capfd, tmp_path):
     common += ["--diagnose-every", "7", "--batch-size", "64", "--epochs", "3", "--threads", "1", "--no-progress"]
     common = [str(a) for a in common]
 
-    code, err = run_cli(capfd, "train", *common, "--out", tmp_path / "a")
+    code, _, err = run_cli(capfd, "train", *common, "--out", tmp_path / "a")
     assert code == 0, err
 
     out_b = tmp_path / "b"
@@ -77,7 +58,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(capfd, tmp_path):
     assert killed_at in (1, 2), f"killed after epoch {killed_at}: nothing left to resume"
     assert not (out_b / "summary.json").exists()
 
-    code, err = run_cli(capfd, "train", *common, "--out", out_b, "--resume")
+    code, _, err = run_cli(capfd, "train", *common, "--out", out_b, "--resume")
     assert code == 0, err
 
     summary_a = json.loads((tmp_path / "a" / "summary.json").read_text())
@@ -108,13 +89,13 @@ def test_truncated_checkpoint_refuses_resume_in_one_line(capfd, tmp_path):
     data = write_fake_mnist(tmp_path / "data", n_train=256, n_test=50)
     args = ["train", "--data-dir", data, "--out", tmp_path / "run", "--layers", "2", "--width", "16"]
     args += ["--batch-size", "64", "--threads", "1", "--no-progress", "--epochs", "1"]
-    code, err = run_cli(capfd, *args)
+    code, _, err = run_cli(capfd, *args)
     assert code == 0, err
     ckpt = tmp_path / "run" / "checkpoint.pt"
     blob = ckpt.read_bytes()
     ckpt.write_bytes(blob[: len(blob) // 2])
 
-    code, err = run_cli(capfd, *args[:-1], "2", "--resume")
+    code, _, err = run_cli(capfd, *args[:-1], "2", "--resume")
     assert code == 2, err
     lines = err.splitlines()
     assert len(lines) == 1 and "Traceback" not in err, err
@@ -173,7 +154,7 @@ def test_resume_from_a_malicious_checkpoint_is_one_line_exit_2(capfd, tmp_path):
     out.mkdir()
     torch.save({"config": {}, "epoch": 1, "payload": _Payload(marker)}, out / "checkpoint.pt")
     data = write_fake_mnist(tmp_path / "data", n_train=256, n_test=50)
-    code, err = run_cli(capfd, "train", "--data-dir", data, "--out", out, "--resume", "--threads", "1")
+    code, _, err = run_cli(capfd, "train", "--data-dir", data, "--out", out, "--resume", "--threads", "1")
     assert code == 2, err
     lines = err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("synthgrad: error: "), err

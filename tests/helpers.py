@@ -1,10 +1,12 @@
-"""Small fake datasets in the real formats, written by the tests themselves (fast, independent of real data)."""
+"""Test helpers: small fake datasets in the real formats, and running the CLI in-process."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from synthgrad.data import write_idx
 
@@ -21,3 +23,16 @@ def write_fake_mnist(
         write_idx(directory / f"{prefix}-images-idx3-ubyte{suffix}", images, gzip=gzip)
         write_idx(directory / f"{prefix}-labels-idx1-ubyte{suffix}", rng.integers(0, 10, n, dtype=np.uint8), gzip=gzip)
     return directory
+
+
+def run_cli(capfd: pytest.CaptureFixture[str], *argv: str | os.PathLike[str]) -> tuple[int, str, str]:
+    """`synthgrad.cli.main` in-process: (exit code, stdout, stderr)."""
+    from synthgrad.cli import main
+
+    capfd.readouterr()  # drop anything printed before
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as e:  # argparse errors exit from inside main
+        code = e.code
+    out, err = capfd.readouterr()
+    return code, out, err
