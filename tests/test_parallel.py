@@ -21,7 +21,7 @@ from helpers import write_fake_mnist
 from synthgrad.checkpoint import load_checkpoint
 from synthgrad.config import Method, TrainConfig
 from synthgrad.core import one_hot_context
-from synthgrad.parallel.worker import split_layers
+from synthgrad.parallel.baselines import split_layers
 from synthgrad.train import build_network, load_dataset
 
 REPO = Path(__file__).resolve().parents[1]

@@ -8,6 +8,7 @@ stage can report where its time went.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import time
@@ -152,9 +153,15 @@ class Runtime:
             raise StageLost(f"stage {self.rank}: lost stage {src} while agreeing on the config ({_short(e)})") from None
         return box[0]
 
-    def close(self) -> None:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    def close(self, clean: bool = True) -> None:
+        """Leave the job. After a clean run all ranks meet first: destroying the group while a peer is still
+        using it has been seen to abort the process ("terminate called without an active exception")."""
+        if not dist.is_initialized():
+            return
+        if clean:
+            with contextlib.suppress(Exception):  # a peer is gone: nothing left to agree on
+                dist.barrier()
+        dist.destroy_process_group()
 
 
 def _short(e: BaseException) -> str:

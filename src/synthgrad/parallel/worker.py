@@ -22,24 +22,12 @@ from synthgrad.checkpoint import load_checkpoint, save_checkpoint, write_json
 from synthgrad.config import Method, ParallelConfig, Schedule
 from synthgrad.decoupled import infer_shapes
 from synthgrad.errors import ConfigError
+from synthgrad.parallel.baselines import split_layers
 from synthgrad.parallel.runtime import Runtime
 from synthgrad.parallel.stage import DecoupledStage
 from synthgrad.train import build_network, load_dataset
 
 log = logging.getLogger("synthgrad.parallel")
-
-
-def split_layers(n_layers: int, k: int) -> list[range]:
-    """Contiguous blocks of layers, balanced by count (earlier blocks take the remainder)."""
-    if not 1 <= k <= n_layers:
-        raise ConfigError(f"cannot split {n_layers} layers into {k} stages")
-    base, extra = divmod(n_layers, k)
-    out, start = [], 0
-    for i in range(k):
-        size = base + (1 if i < extra else 0)
-        out.append(range(start, start + size))
-        start += size
-    return out
 
 
 def _agree_on_config(rt: Runtime, pcfg: ParallelConfig) -> None:
@@ -69,11 +57,14 @@ def run_worker(pcfg: ParallelConfig, *, resume: bool = False, progress: bool | N
     torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // pcfg.stages))
     torch.set_flush_denormal(True)
     rt = Runtime.from_env(cfg.device, pcfg.timeout_s)
+    clean = False
     try:
         _agree_on_config(rt, pcfg)
         data = load_dataset(cfg)
         if pcfg.schedule is Schedule.DECOUPLED:
-            return _run_decoupled(pcfg, rt, data, resume, progress)
+            result = _run_decoupled(pcfg, rt, data, resume, progress)
+            clean = True
+            return result
         from synthgrad.parallel import baselines
 
         run = {
@@ -83,16 +74,19 @@ def run_worker(pcfg: ParallelConfig, *, resume: bool = False, progress: bool | N
             Schedule.DDP: baselines.run_ddp,
             Schedule.SINGLE: baselines.run_backprop_single,
         }[pcfg.schedule]
-        result = run(
-            cfg, rank=rt.rank, world_size=rt.world_size, data=data, target_error=pcfg.target_error, log_every=0
-        )
+        try:
+            result = run(cfg, rank=rt.rank, world_size=rt.world_size, data=data, target_error=pcfg.target_error,
+                         eval_every=pcfg.eval_every)  # fmt: skip
+        except ValueError as e:  # a shape the schedule cannot split (batch, micro-batches, stages)
+            raise ConfigError(f"--schedule {pcfg.schedule.value}: {e}") from None
         if rt.rank == 0:
             out = Path(cfg.out)
             out.mkdir(parents=True, exist_ok=True)
             write_json(out / "summary.json", {**result, "schedule": pcfg.schedule.value, "stages": pcfg.stages})
+        clean = True
         return result
     finally:
-        rt.close()
+        rt.close(clean)
 
 
 def _run_decoupled(pcfg: ParallelConfig, rt: Runtime, data, resume: bool, progress: bool | None) -> dict:
