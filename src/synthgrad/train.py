@@ -23,7 +23,7 @@ from synthgrad.checkpoint import load_checkpoint, save_checkpoint, write_json
 from synthgrad.config import Method, TrainConfig
 from synthgrad.core import one_hot_context
 from synthgrad.data import ImageDataset, load_cifar10, load_mnist, resolve_data_dir
-from synthgrad.decoupled import DecoupledSequential, decouple
+from synthgrad.decoupled import DecoupledSequential, adam, decouple
 from synthgrad.errors import ConfigError, SynthgradError
 from synthgrad.models import cnn, fcn
 
@@ -67,7 +67,7 @@ def build_network(
         update_prob=cfg.update_prob,
         unlock=cfg.unlock == "full",
         seed=cfg.seed,
-        synthesizer_optimizer=lambda ps: torch.optim.Adam(ps, lr=slr),
+        synthesizer_optimizer=adam(slr),
     )
 
 

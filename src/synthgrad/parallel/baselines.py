@@ -19,7 +19,7 @@ evaluation interval, so it counts the slowest rank.
 
 Every rank builds the whole model from ``torch.manual_seed(cfg.seed)`` and derives the same batch order per epoch
 (as ``synthgrad.train``), so no labels travel. Evaluation gathers the stages' state dicts on rank 0, which
-assembles the model and tests it (outside the training time). Optimizer: Adam(cfg.module_lr()) per stage, which equals
+assembles the model and tests it (outside the training time). Optimizer: `adam` per stage (fused), which equals
 one Adam over the whole model. Denormals are flushed during a run (PAPER.md §8), as in ``synthgrad.train``.
 
 Pipelining (`run_pipeline_gpipe`, `run_pipeline_1f1b`) is PyTorch's own ``torch.distributed.pipelining``
@@ -47,6 +47,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from synthgrad.config import TrainConfig
 from synthgrad.data import ImageDataset
+from synthgrad.decoupled import adam
 from synthgrad.models import cnn, fcn
 
 log = logging.getLogger("synthgrad.parallel.baselines")
@@ -279,7 +280,7 @@ def run_backprop_single(
     if cfg.batch_size % microbatches:
         raise ValueError(f"batch size {cfg.batch_size} is not a multiple of {microbatches} micro-batches")
     full = build_model(cfg, data, model)
-    opt = torch.optim.Adam(full.parameters(), lr=cfg.module_lr())
+    opt = adam(cfg.module_lr())(full.parameters())
     x_all, y_all = data.train_images, data.train_labels
 
     def step(idx: torch.Tensor) -> float:
@@ -320,7 +321,7 @@ def run_model_parallel(
     first, last = rank == 0, rank == world_size - 1
     shapes = _boundary_shapes(full, data.input_shape)
     in_shape = None if first else shapes[layers.start - 1]
-    opt = torch.optim.Adam(local.parameters(), lr=cfg.module_lr())
+    opt = adam(cfg.module_lr())(local.parameters())
     x_all, y_all = data.train_images, data.train_labels
     timing: dict = {"compute_s": 0.0, "wait_s": 0.0, "comm_s": 0.0}
     clock = _clock(timing)
@@ -390,7 +391,7 @@ def _run_pipeline(job: _Job, model: ModelBuilder | None, microbatches: int | Non
     # scale_grads=True: each micro-batch's mean loss is backpropagated and the sum divided by `mb`, i.e. the
     # gradient of the batch-mean loss, as the other baselines take.
     schedule = schedule_cls(stage, mb, loss_fn=F.cross_entropy, scale_grads=True)
-    opt = torch.optim.Adam(local.parameters(), lr=cfg.module_lr())
+    opt = adam(cfg.module_lr())(local.parameters())
     x_all, y_all = data.train_images, data.train_labels
     timing: dict = {"compute_s": None, "wait_s": 0.0, "comm_s": None, "schedule_s": 0.0, "optimizer_s": 0.0}
     clock = _clock(timing)
@@ -465,7 +466,7 @@ def run_ddp(
     full = build_model(cfg, data, model)
     _check_group(rank, world_size)
     ddp = DistributedDataParallel(full)
-    opt = torch.optim.Adam(ddp.parameters(), lr=cfg.module_lr())
+    opt = adam(cfg.module_lr())(ddp.parameters())
     x_all, y_all = data.train_images, data.train_labels
     share = cfg.batch_size // world_size
     timing: dict = {"compute_s": 0.0, "wait_s": 0.0, "comm_s": None, "backward_allreduce_s": 0.0}
