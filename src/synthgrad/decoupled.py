@@ -167,7 +167,7 @@ class DecoupledSequential(nn.Module):
             return
         if update:
             opt.step()
-        opt.zero_grad(set_to_none=True)
+        opt.zero_grad(set_to_none=False)
 
     def train_step(
         self, x: Tensor, target: Tensor, context: Tensor | None = None, *, diagnose: bool = False
