@@ -91,8 +91,10 @@ class DecoupledStage:
                 self.rt.wait(self.sends.popleft(), dst)
 
     # ------------------------------------------------------------------ one step
-    def step(self, t: int, x: Tensor, y: Tensor) -> float | None:
-        """Run step t on batch (x, y) (every stage sees the same indices). Returns the loss on the top stage."""
+    def step(self, t: int, x: Tensor | None, y: Tensor) -> float | None:
+        """Run step t on batch (x, y) (every stage sees the same indices). Returns the loss on the top stage.
+
+        `x` is needed by the first stage, and by every stage with complete unlock (for I_k(x)); else None."""
         net, rt, k = self.net, self.rt, self.k
         updates = net.draw_updates()  # the same draws on every stage: one generator, one seed
         context = self._context(y)

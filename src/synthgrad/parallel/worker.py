@@ -141,7 +141,7 @@ def _run_decoupled(pcfg: ParallelConfig, rt: Runtime, data, resume: bool, progre
         t0 = time.perf_counter()
         for s in tqdm(range(steps_per_epoch), desc=f"stage {k} epoch {epoch}", disable=not show):
             idx = order[s * cfg.batch_size : (s + 1) * cfg.batch_size].to(device)
-            loss = stage.step(net.steps, train_x[idx] if k == 0 or net.unlocked else train_x[idx[:0]], train_y[idx])
+            loss = stage.step(net.steps, train_x[idx] if k == 0 or net.unlocked else None, train_y[idx])
             if loss is not None:
                 loss_sum, n_loss = loss_sum + loss, n_loss + 1
             if pcfg.eval_every and (s + 1) % pcfg.eval_every == 0 and s + 1 < steps_per_epoch:
