@@ -62,7 +62,7 @@ def run_job(name: str, args: list[str], stages: int, common: list[str], out: Pat
         return {"error": proc.stderr[-500:], "command": " ".join(cmd[2:])}
     summary = json.loads((out / name / "summary.json").read_text())
     summary.update({"stages": stages, "threads_per_process": threads, "job_wall_s": elapsed,
-                    "command": "synthgrad " + " ".join(cmd[4:])})  # fmt: skip
+                    "command": "synthgrad " + " ".join(cmd[3:])})  # fmt: skip
     sps, ttt = summary.get("samples_per_s"), summary.get("time_to_target_s")
     print(
         f"{name:26s} K={stages}  {sps or 0:8.0f} samples/s  time-to-target {ttt if ttt is None else round(ttt, 1)}"
