@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -123,7 +124,7 @@ def _cmd_parallel(args: argparse.Namespace) -> int:
     from synthgrad.parallel.worker import run_worker
 
     result = run_worker(pcfg, resume=args.resume, progress=False if args.no_progress else None)
-    if int(__import__("os").environ["RANK"]) == 0:
+    if os.environ["RANK"] == "0":
         sps = result.get("samples_per_s")
         print(
             f"{pcfg.schedule.value} ({cfg.method.value}, {pcfg.stages} stages): test error "

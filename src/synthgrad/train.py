@@ -7,6 +7,7 @@ every `diagnose_every` steps), learning_curves.png, gradient_quality.png, checkp
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import sys
@@ -238,8 +239,6 @@ def _train(cfg: TrainConfig, out: Path, ckpt: dict | None, progress: bool | None
 
 
 def _write_metrics(out: Path, state: _RunState) -> None:
-    import json
-
     for name, rows in (("metrics.jsonl", state.history), ("diagnostics.jsonl", state.diagnostics)):
         (out / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
 

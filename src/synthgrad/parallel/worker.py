@@ -33,7 +33,8 @@ log = logging.getLogger("synthgrad.parallel")
 def _agree_on_config(rt: Runtime, pcfg: ParallelConfig) -> None:
     """Every rank must run the same experiment: compare all ranks' configs before training starts."""
     mine = pcfg.to_dict()
-    mine["train"].pop("out", None), mine["train"].pop("data_dir", None), mine["train"].pop("threads", None)
+    for local in ("out", "data_dir", "threads"):  # may differ between machines
+        mine["train"].pop(local, None)
     configs = rt.all_gather_object(mine)
     for r, other in enumerate(configs):
         if other != configs[0]:
