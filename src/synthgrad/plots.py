@@ -36,7 +36,8 @@ def gradient_quality(diagnostics: Sequence[Mapping], path: str | Path, title: st
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
     for j in range(n_cuts):
         ax1.plot(steps, [row["true_cosine"][j] for row in diagnostics], label=f"cut {j + 1}")
-        ax2.plot(steps, [row["sg_loss"][j] for row in diagnostics], label=f"cut {j + 1}")
+        # A zero loss (both prediction and target still exactly zero) has no place on a log axis.
+        ax2.plot(steps, [row["sg_loss"][j] or float("nan") for row in diagnostics], label=f"cut {j + 1}")
     ax1.set(xlabel="step", ylabel="cos(synthetic, true gradient)", ylim=(-0.2, 1.0))
     ax2.set(xlabel="step", ylabel="synthesizer loss", yscale="log")
     for ax in (ax1, ax2):
