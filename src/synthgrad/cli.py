@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from synthgrad.errors import SynthgradError
+from synthgrad.errors import ConfigError, SynthgradError
 
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
@@ -51,7 +51,11 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", choices=["fcn", "cnn"])
     g.add_argument("--layers", type=int, help="N layers = N-1 hidden layers + the output layer")
     g.add_argument("--width", type=_positive_int, help="FCN units / CNN filters per layer")
-    g.add_argument("--method", choices=["backprop", "dni", "cdni"])
+    g.add_argument(
+        "--method",
+        choices=["backprop", "dni", "cdni", "bptt", "dni-aux"],
+        help="feed-forward: backprop, dni or cdni; recurrent (with --task): bptt, dni or dni-aux",
+    )
     g.add_argument("--synthesizer", choices=["linear", "lowrank", "mlp", "conv"], help="default: per method")
     g.add_argument("--synthesizer-hidden", type=_int_tuple, help="hidden widths, e.g. 1024,1024 (lowrank: the rank)")
     g.add_argument("--update-prob", type=float, help="update decoupling: each module updates with probability P")
@@ -71,6 +75,34 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+# Options of recurrent training (`--task`): (flag, type, help). The CLI only parses them into RecurrentConfig.
+_RECURRENT_OPTIONS = [
+    ("--task", None, "recurrent task: copy, repeat-copy, ptb-char or multinet (PAPER.md §4-5)"),
+    ("--T", int, "chunk length of truncated BPTT (multinet: B's tick period); default per task"),
+    ("--hidden-size", int, "LSTM units; default per task"),
+    ("--max-samples", int, "budget: sequences (copy), characters (ptb-char) or digits read (multinet)"),
+    ("--max-minutes", float, "budget in wall-clock minutes (--resume continues the remaining time)"),
+    ("--aux-weight", float, "weight of the DNI + Aux auxiliary loss"),
+    ("--log-every", int, "samples between metric rows and checkpoints (ptb-char: validations)"),
+    ("--curriculum-threshold", float, "copy tasks: bits wrong per sequence below which the length grows"),
+    ("--curriculum-window", int, "copy tasks: batches averaged by the curriculum"),
+    ("--max-repeats", int, "repeat-copy: repeats drawn from 1..N"),
+    ("--patience", int, "ptb-char: validations without improvement before early stopping"),
+    ("--eval-chars", int, "ptb-char: score only the first N validation/test characters"),
+    ("--target-accuracy", float, "multinet: B's moving accuracy for steps_to_target (0..1)"),
+    ("--accuracy-window", int, "multinet: ticks in that moving accuracy"),
+    ("--episode-windows", int, "multinet: windows per episode"),
+]
+_RECURRENT_TASKS = ["copy", "repeat-copy", "ptb-char", "multinet"]
+
+
+def add_recurrent_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("recurrent training (with --task)")
+    for flag, kind, text in _RECURRENT_OPTIONS:
+        extra = {"choices": _RECURRENT_TASKS} if flag == "--task" else {"type": kind}
+        g.add_argument(flag, help=text, **extra)
+
+
 def config_from_args(args: argparse.Namespace):
     """TrainConfig from defaults <- config file <- command-line options."""
     import dataclasses
@@ -86,12 +118,35 @@ def config_from_args(args: argparse.Namespace):
 def _cmd_train(args: argparse.Namespace) -> int:
     from synthgrad.train import train
 
+    if args.task is not None:
+        return _cmd_train_recurrent(args)
+    for flag, _, _ in _RECURRENT_OPTIONS:
+        if getattr(args, flag.removeprefix("--").replace("-", "_")) is not None:
+            raise ConfigError(f"{flag} is an option of recurrent training: add --task")
     cfg = config_from_args(args)
     summary = train(cfg, resume=args.resume, progress=False if args.no_progress else None)
     print(
         f"{summary['method']}: test error {summary['test_error']:.2f}% after {summary['epochs']} epochs "
         f"({summary['wall_time_s']:.1f}s); results in {cfg.out}"
     )
+    return 0
+
+
+def _cmd_train_recurrent(args: argparse.Namespace) -> int:
+    from synthgrad.recurrent.train import RecurrentConfig, train_recurrent
+
+    not_config = {"command", "func", "argv", "resume", "no_progress"}
+    cfg = RecurrentConfig.from_dict({k: v for k, v in vars(args).items() if v is not None and k not in not_config})
+    s = train_recurrent(cfg, resume=args.resume, progress=False if args.no_progress else None)
+    if "max_length" in s:
+        result = f"max length {s['max_length']}"
+    elif "test_bpc" in s:
+        result = f"test {s['test_bpc']:.3f} bits/char (best valid {s['valid_bpc']:.3f})"
+    else:
+        reached = s["steps_to_target"]
+        result = f"{s['target_accuracy']:.0%} accuracy " + (f"after {reached} A-steps" if reached else "not reached")
+    print(f"{s['task']} {s['method']} T={s['T']}: {result}, {s['samples']} samples ({s['wall_time_s']:.1f}s); "
+          f"results in {cfg.out}")  # fmt: skip
     return 0
 
 
@@ -159,9 +214,22 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_reproduce(args: argparse.Namespace) -> int:
     from synthgrad.experiments import reproduce_feedforward
 
+    if args.suite == "recurrent":
+        from synthgrad.recurrent.experiments import reproduce_recurrent
+
+        reproduce_recurrent(
+            data_dir=args.data_dir,
+            out=args.out or "runs/reproduce-recurrent",
+            minutes=args.minutes_per_run,
+            samples=args.samples_per_run,
+            quick=args.quick,
+            threads=args.threads,
+            progress=not args.no_progress,
+        )
+        return 0
     reproduce_feedforward(
         data_dir=args.data_dir,
-        out=args.out,
+        out=args.out or "runs/reproduce",
         epochs=args.epochs,
         seeds=args.seeds,
         quick=args.quick,
@@ -174,8 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="synthgrad", description="Decoupled Neural Interfaces with synthetic gradients")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    p = sub.add_parser("train", help="train one model (backprop, DNI or cDNI)")
+    p = sub.add_parser("train", help="train one model (backprop, DNI or cDNI; recurrent with --task)")
     add_train_arguments(p)
+    add_recurrent_arguments(p)
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("demo", help="MNIST FCN with backprop, DNI and cDNI on a short budget, side by side")
@@ -188,12 +257,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("reproduce", help="run a paper experiment suite and write a report beside the paper's")
-    p.add_argument("suite", choices=["feedforward"])
+    p.add_argument("suite", choices=["feedforward", "recurrent"])
     p.add_argument("--data-dir")
-    p.add_argument("--out", default="runs/reproduce")
+    p.add_argument("--out", help="default runs/reproduce (feedforward), runs/reproduce-recurrent (recurrent)")
     p.add_argument("--epochs", type=_positive_int, default=10)
     p.add_argument("--seeds", type=_positive_int, default=1, help="seeds per row (mean is reported)")
     p.add_argument("--quick", action="store_true", help="a smoke-sized run of every row (tiny budget)")
+    p.add_argument("--minutes-per-run", type=float, default=5.0, help="recurrent: wall-time budget of every row")
+    p.add_argument("--samples-per-run", type=_positive_int, help="recurrent: a budget in samples instead")
+    p.add_argument("--threads", type=_positive_int, help="recurrent: torch threads per run")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_reproduce)
 
