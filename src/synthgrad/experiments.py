@@ -238,7 +238,8 @@ def _report(results: dict, out: Path, epochs: int, seeds: int, quick: bool, elap
             "",
             f"Budget: {c['epochs']} epoch(s) on the first {c['train_limit']} training images; 64 filters 5×5; conv "
             "synthesizers with two hidden conv layers of 64 5×5 filters (the paper's have 128). The paper's MNIST CNN "
-            "numbers are not in our reference (PAPER.md §2 marks the model (M)).",
+            "numbers are not in our reference (PAPER.md §2 marks the model (M)). At this budget read the rows as a "
+            "check that the convolutional path trains, not as a reproduction.",
             "",
             "| layers | Bprop | DNI | cDNI |",
             "|---|---|---|---|",
