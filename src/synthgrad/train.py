@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,13 +19,14 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from synthgrad import plots
-from synthgrad.checkpoint import load_checkpoint, save_checkpoint, write_json
+from synthgrad.checkpoint import save_checkpoint, write_json
 from synthgrad.config import Method, TrainConfig
 from synthgrad.core import one_hot_context
 from synthgrad.data import ImageDataset, load_cifar10, load_mnist, resolve_data_dir
 from synthgrad.decoupled import DecoupledSequential, adam, decouple
 from synthgrad.errors import ConfigError, SynthgradError
 from synthgrad.models import cnn, fcn
+from synthgrad.runs import close_logging, prepare_out, setup_logging, show_progress
 
 log = logging.getLogger("synthgrad.train")
 
@@ -95,35 +95,6 @@ class _RunState:
     wall_time_s: float = 0.0
 
 
-def _prepare_out(cfg: TrainConfig, resume: bool) -> tuple[Path, dict | None]:
-    out = Path(cfg.out)
-    ckpt_path = out / "checkpoint.pt"
-    if not resume:
-        if (out / "config.json").exists() or ckpt_path.exists():
-            raise ConfigError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
-        out.mkdir(parents=True, exist_ok=True)
-        return out, None
-    if not ckpt_path.exists():
-        out.mkdir(parents=True, exist_ok=True)
-        return out, None
-    ckpt = load_checkpoint(ckpt_path)
-    saved = ckpt["config"]
-    now = cfg.to_dict()
-    differ = sorted(k for k in now if k not in _RESUMABLE and saved.get(k) != now[k])
-    if differ:
-        detail = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in differ)
-        raise ConfigError(f"--resume with a different config than the checkpoint in {out} ({detail})")
-    return out, ckpt
-
-
-def _setup_logging(out: Path) -> logging.Handler:
-    handler = logging.FileHandler(out / "train.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.getLogger("synthgrad").addHandler(handler)
-    logging.getLogger("synthgrad").setLevel(logging.INFO)
-    return handler
-
-
 def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | None = None) -> dict:
     """Train per `cfg`; returns the summary (also written to `cfg.out/summary.json`)."""
     cfg.validate()
@@ -131,8 +102,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | None = Non
         raise ConfigError(f"--device {cfg.device}: no CUDA GPU is available on this machine")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    out, ckpt = _prepare_out(cfg, resume)
-    handler = _setup_logging(out)
+    out = Path(cfg.out)
+    ckpt = prepare_out(cfg.to_dict(), out, resume, _RESUMABLE)
+    handler = setup_logging(out)
     # Tiny gradients turn into denormals and slow CPU training ~30% (PAPER.md §8): flush them, for every method
     # alike, and put the process-wide setting back to PyTorch's default afterwards.
     torch.set_flush_denormal(True)
@@ -140,8 +112,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | None = Non
         return _train(cfg, out, ckpt, progress)
     finally:
         torch.set_flush_denormal(False)
-        logging.getLogger("synthgrad").removeHandler(handler)
-        handler.close()
+        close_logging(handler)
 
 
 def _train(cfg: TrainConfig, out: Path, ckpt: dict | None, progress: bool | None) -> dict:
@@ -161,7 +132,7 @@ def _train(cfg: TrainConfig, out: Path, ckpt: dict | None, progress: bool | None
     write_json(out / "config.json", cfg.to_dict())
     conditioned = cfg.method is Method.CDNI
     steps_per_epoch = len(train_y) // cfg.batch_size  # drop the ragged last batch: batch norm needs B >= 2
-    show = sys.stderr.isatty() if progress is None else progress
+    show = show_progress(progress)
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
         t0 = time.perf_counter()
         order = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))

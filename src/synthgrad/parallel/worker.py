@@ -25,6 +25,7 @@ from synthgrad.errors import ConfigError
 from synthgrad.parallel.baselines import split_layers
 from synthgrad.parallel.runtime import Runtime
 from synthgrad.parallel.stage import DecoupledStage
+from synthgrad.runs import resume_mismatch
 from synthgrad.train import build_network, load_dataset
 
 log = logging.getLogger("synthgrad.parallel")
@@ -202,11 +203,12 @@ _RESUMABLE = {"epochs", "out", "data_dir", "threads", "device", "download"}
 
 def _resume_mismatch(saved: dict, now: dict, out: Path) -> str | None:
     """A message if the run in `out` was started with another config (epochs may grow), else None."""
-    differ = [k for k in now if k != "train" and saved.get(k) != now[k]]
-    differ += [k for k in now["train"] if k not in _RESUMABLE and saved["train"].get(k) != now["train"][k]]
-    if differ:
-        return f"--resume with a different config than the run in {out} (differs in: {', '.join(sorted(differ))})"
-    return None
+
+    def flat(d: dict) -> dict:
+        return {**{k: v for k, v in d.items() if k != "train"}, **d["train"]}
+
+    detail = resume_mismatch(flat(saved), flat(now), _RESUMABLE)
+    return f"--resume with a different config than the run in {out} ({detail})" if detail else None
 
 
 def _hit(pcfg: ParallelConfig, err: float) -> bool:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -29,13 +28,12 @@ from typing import Any
 from tqdm import tqdm
 
 from synthgrad import plots  # noqa: F401 - selects matplotlib's file-only backend before pyplot is imported
-from synthgrad.checkpoint import load_checkpoint, save_checkpoint
-from synthgrad.errors import ConfigError
+from synthgrad.checkpoint import save_checkpoint
+from synthgrad.runs import CHECKPOINT
 from synthgrad.train import TrainingDiverged
 
 log = logging.getLogger("synthgrad.recurrent")
 
-CHECKPOINT = "checkpoint.pt"
 # Config fields that may differ between a run and its resumption: the budget (to extend a run) and where it runs.
 RESUMABLE = frozenset({"max_minutes", "max_samples", "out", "threads", "data_dir"})
 
@@ -49,26 +47,6 @@ class Progress:
     wall_time_s: float = 0.0  # training + evaluation time, summed over resumptions
     history: list[dict] = field(default_factory=list)  # metric rows, also in metrics.jsonl
     finished: bool = False  # ended before its budget (early stopping on validation)
-
-
-def prepare_out(config: dict[str, Any], out: Path, resume: bool) -> dict | None:
-    """Create `out`, or load its checkpoint for `resume`; refuse to overwrite a run or resume a different one."""
-    ckpt_path = out / CHECKPOINT
-    if not resume:
-        if (out / "config.json").exists() or ckpt_path.exists():
-            raise ConfigError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
-        out.mkdir(parents=True, exist_ok=True)
-        return None
-    out.mkdir(parents=True, exist_ok=True)
-    if not ckpt_path.exists():
-        return None
-    ckpt = load_checkpoint(ckpt_path)
-    saved = ckpt.get("config", {})
-    differ = sorted(k for k in config if k not in RESUMABLE and saved.get(k) != config[k])
-    if differ:
-        detail = ", ".join(f"{k}: {saved.get(k)!r} -> {config[k]!r}" for k in differ)
-        raise ConfigError(f"--resume with a different config than the checkpoint in {out} ({detail})")
-    return ckpt
 
 
 class Session:
@@ -156,25 +134,6 @@ class Session:
 
 def _short(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-
-def setup_logging(out: Path) -> logging.Handler:
-    """Log the run to `out/train.log`; the caller removes the handler (`close_logging`)."""
-    handler = logging.FileHandler(out / "train.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.getLogger("synthgrad").addHandler(handler)
-    logging.getLogger("synthgrad").setLevel(logging.INFO)
-    return handler
-
-
-def close_logging(handler: logging.Handler) -> None:
-    logging.getLogger("synthgrad").removeHandler(handler)
-    handler.close()
-
-
-def show_progress(progress: bool | None) -> bool:
-    """Progress bars only on a terminal unless asked for (`progress=True`) or off (`False`)."""
-    return sys.stderr.isatty() if progress is None else progress
 
 
 def plot_curves(

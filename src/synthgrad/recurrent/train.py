@@ -56,7 +56,7 @@ from synthgrad.data import ImageDataset, load_mnist, resolve_data_dir
 from synthgrad.decoupled import adam
 from synthgrad.errors import ConfigError
 from synthgrad.recurrent.core import LSTMCore, RecurrentMethod, TruncatedBPTT
-from synthgrad.recurrent.run import Session, close_logging, plot_curves, prepare_out, setup_logging, show_progress
+from synthgrad.recurrent.run import RESUMABLE, Session, plot_curves
 from synthgrad.recurrent.tasks import (
     CharCorpus,
     CopyTask,
@@ -71,6 +71,7 @@ from synthgrad.recurrent.tasks import (
     sequence_cost_bits,
     stream_chunks,
 )
+from synthgrad.runs import close_logging, prepare_out, setup_logging, show_progress
 
 LN2 = math.log(2.0)
 EVAL_ROWS = 32  # PTB valid/test are read as 32 streams: each starts from a zero state, ~0.1% of the characters
@@ -220,7 +221,7 @@ def train_recurrent(cfg: RecurrentConfig, *, resume: bool = False, progress: boo
     elif cfg.task is RecurrentTask.MULTINET:
         data = load_mnist(resolve_data_dir(cfg.data_dir))
     out = Path(cfg.out)
-    ckpt = prepare_out(cfg.to_dict(), out, resume)
+    ckpt = prepare_out(cfg.to_dict(), out, resume, RESUMABLE)
     handler = setup_logging(out)
     torch.set_flush_denormal(True)  # as the feed-forward trainer (PAPER.md §8); restored below
     session = Session(

@@ -1,0 +1,62 @@
+"""What every training run shares, whatever it trains: its output folder, resuming it, its log, its progress bar.
+
+An output folder holds one run. Starting a run in a folder that holds another is an error (nothing is silently
+overwritten); `--resume` continues the run in it, and refuses if the run was started with another config, except
+for the fields a caller declares resumable (the epoch or sample budget, where the data and the output live).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Collection, Mapping
+from pathlib import Path
+from typing import Any
+
+from synthgrad.checkpoint import load_checkpoint
+from synthgrad.errors import ConfigError
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def resume_mismatch(saved: Mapping[str, Any], now: Mapping[str, Any], resumable: Collection[str]) -> str | None:
+    """'key: old -> new, ...' for the fields that differ and may not, or None."""
+    differ = sorted(k for k in now if k not in resumable and saved.get(k) != now[k])
+    return ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in differ) or None
+
+
+def prepare_out(config: Mapping[str, Any], out: Path, resume: bool, resumable: Collection[str]) -> dict | None:
+    """Create `out`, or load its checkpoint for `resume`; refuse to overwrite a run or resume a different one.
+
+    Returns the checkpoint to resume from, or None for a fresh start (also when `--resume` finds none).
+    """
+    ckpt_path = out / CHECKPOINT
+    if not resume and ((out / "config.json").exists() or ckpt_path.exists()):
+        raise ConfigError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    if not resume or not ckpt_path.exists():
+        return None
+    ckpt = load_checkpoint(ckpt_path)
+    detail = resume_mismatch(ckpt.get("config", {}), config, resumable)
+    if detail:
+        raise ConfigError(f"--resume with a different config than the checkpoint in {out} ({detail})")
+    return ckpt
+
+
+def setup_logging(out: Path) -> logging.Handler:
+    """Log the run to `out/train.log`; the caller removes the handler with `close_logging`."""
+    handler = logging.FileHandler(out / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger("synthgrad").addHandler(handler)
+    logging.getLogger("synthgrad").setLevel(logging.INFO)
+    return handler
+
+
+def close_logging(handler: logging.Handler) -> None:
+    logging.getLogger("synthgrad").removeHandler(handler)
+    handler.close()
+
+
+def show_progress(progress: bool | None) -> bool:
+    """Progress bars only on a terminal unless asked for (`progress=True`) or off (`False`)."""
+    return sys.stderr.isatty() if progress is None else progress
