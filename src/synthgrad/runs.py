@@ -7,11 +7,14 @@ for the fields a caller declares resumable (the epoch or sample budget, where th
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from synthgrad.checkpoint import load_checkpoint
 from synthgrad.errors import ConfigError
@@ -60,3 +63,17 @@ def close_logging(handler: logging.Handler) -> None:
 def show_progress(progress: bool | None) -> bool:
     """Progress bars only on a terminal unless asked for (`progress=True`) or off (`False`)."""
     return sys.stderr.isatty() if progress is None else progress
+
+
+@contextlib.contextmanager
+def flush_denormals() -> Iterator[None]:
+    """Flush denormal floats while training, then restore PyTorch's default.
+
+    Tiny gradients turn into denormals and slow CPU training by ~30% after a few epochs (PAPER.md §8); every
+    trainer runs under this, so every method of a comparison is timed under the same setting.
+    """
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)

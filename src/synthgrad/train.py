@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm import tqdm
 
 from synthgrad import plots
@@ -26,7 +27,7 @@ from synthgrad.data import ImageDataset, load_cifar10, load_mnist, resolve_data_
 from synthgrad.decoupled import DecoupledSequential, adam, decouple
 from synthgrad.errors import ConfigError, SynthgradError
 from synthgrad.models import cnn, fcn
-from synthgrad.runs import close_logging, prepare_out, setup_logging, show_progress
+from synthgrad.runs import close_logging, flush_denormals, prepare_out, setup_logging, show_progress
 
 log = logging.getLogger("synthgrad.train")
 
@@ -73,17 +74,16 @@ def build_network(
 
 
 @torch.no_grad()
-def evaluate(
-    net: DecoupledSequential, images: torch.Tensor, labels: torch.Tensor, batch: int = 1000
-) -> tuple[float, float]:
-    """(error %, mean cross-entropy) of the assembled network on real inputs."""
-    net.eval()
+def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch: int = 1000) -> tuple[float, float]:
+    """(error %, mean cross-entropy) of `model` in eval mode on real inputs; restores its mode."""
+    was = model.training
+    model.eval()
     wrong, total_loss = 0, 0.0
     for i in range(0, len(labels), batch):
-        logits = net(images[i : i + batch])
+        logits = model(images[i : i + batch])
         wrong += (logits.argmax(1) != labels[i : i + batch]).sum().item()
         total_loss += F.cross_entropy(logits, labels[i : i + batch], reduction="sum").item()
-    net.train()
+    model.train(was)
     return 100.0 * wrong / len(labels), total_loss / len(labels)
 
 
@@ -105,13 +105,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | None = Non
     out = Path(cfg.out)
     ckpt = prepare_out(cfg.to_dict(), out, resume, _RESUMABLE)
     handler = setup_logging(out)
-    # Tiny gradients turn into denormals and slow CPU training ~30% (PAPER.md §8): flush them, for every method
-    # alike, and put the process-wide setting back to PyTorch's default afterwards.
-    torch.set_flush_denormal(True)
     try:
-        return _train(cfg, out, ckpt, progress)
+        with flush_denormals():
+            return _train(cfg, out, ckpt, progress)
     finally:
-        torch.set_flush_denormal(False)
         close_logging(handler)
 
 

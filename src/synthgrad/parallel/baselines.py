@@ -49,6 +49,8 @@ from synthgrad.config import TrainConfig
 from synthgrad.data import ImageDataset
 from synthgrad.decoupled import adam
 from synthgrad.models import cnn, fcn
+from synthgrad.runs import flush_denormals
+from synthgrad.train import evaluate
 
 log = logging.getLogger("synthgrad.parallel.baselines")
 
@@ -111,17 +113,6 @@ def _boundary_shapes(full: nn.Sequential, input_shape: tuple[int, ...]) -> list[
     return shapes
 
 
-@torch.no_grad()
-def test_error(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch: int = 1000) -> float:
-    """Test error (%) of ``model`` in eval mode; restores its mode."""
-    was, wrong = model.training, 0
-    model.eval()
-    for i in range(0, len(labels), batch):
-        wrong += (model(images[i : i + batch]).argmax(1) != labels[i : i + batch]).sum().item()
-    model.train(was)
-    return 100.0 * wrong / len(labels)
-
-
 def _check_group(rank: int, world_size: int) -> None:
     if not dist.is_initialized():
         raise RuntimeError("this baseline runs inside an initialised torch.distributed process group")
@@ -130,15 +121,6 @@ def _check_group(rank: int, world_size: int) -> None:
             f"rank/world_size {rank}/{world_size} disagree with the process group's "
             f"{dist.get_rank()}/{dist.get_world_size()}"
         )
-
-
-@contextmanager
-def _flush_denormals() -> Iterator[None]:
-    torch.set_flush_denormal(True)
-    try:
-        yield
-    finally:
-        torch.set_flush_denormal(False)
 
 
 def _clock(timing: dict) -> Callable[[str], AbstractContextManager[None]]:
@@ -159,7 +141,7 @@ def _evaluate(full: nn.Sequential, local: nn.Module | None, data: ImageDataset, 
     """Test error of the assembled model, agreed on every rank. ``local``: this rank's stage, gathered on rank 0
     into ``full`` (None: rank 0's ``full`` is already up to date, as in DDP)."""
     if world_size == 1 and not dist.is_initialized():
-        return test_error(full, data.test_images, data.test_labels)
+        return evaluate(full, data.test_images, data.test_labels)[0]
     if local is not None and world_size > 1:
         states: list | None = [None] * world_size if rank == 0 else None
         dist.gather_object({k: v.detach() for k, v in local.state_dict().items()}, states, dst=0)
@@ -170,7 +152,7 @@ def _evaluate(full: nn.Sequential, local: nn.Module | None, data: ImageDataset, 
             full.load_state_dict(merged)
     err = torch.zeros(1, dtype=torch.float64)
     if rank == 0:
-        err[0] = test_error(full, data.test_images, data.test_labels)
+        err[0] = evaluate(full, data.test_images, data.test_labels)[0]
     dist.broadcast(err, src=0)
     return err.item()
 
@@ -190,7 +172,7 @@ class _Job:
     keep_state: bool
 
 
-@_flush_denormals()
+@flush_denormals()
 def _train(
     job: _Job, full: nn.Sequential, step: Callable[[torch.Tensor], float | None], evaluate: Callable[[], float],
     *, loss_share: float, timing: dict, note: str,
@@ -296,7 +278,7 @@ def run_backprop_single(
     timing: dict = {"compute_s": None, "wait_s": 0.0, "comm_s": 0.0}
     result = _train(
         _Job("backprop_single", cfg, data, 0, 1, target_error, log_every, eval_every, keep_state), full, step,
-        lambda: test_error(full, data.test_images, data.test_labels), loss_share=1.0, timing=timing,
+        lambda: evaluate(full, data.test_images, data.test_labels)[0], loss_share=1.0, timing=timing,
         note=f"{torch.get_num_threads()} thread(s)",
     )  # fmt: skip
     timing["compute_s"] = result["train_s"]

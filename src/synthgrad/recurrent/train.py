@@ -71,7 +71,7 @@ from synthgrad.recurrent.tasks import (
     sequence_cost_bits,
     stream_chunks,
 )
-from synthgrad.runs import close_logging, prepare_out, setup_logging, show_progress
+from synthgrad.runs import close_logging, flush_denormals, prepare_out, setup_logging, show_progress
 
 LN2 = math.log(2.0)
 EVAL_ROWS = 32  # PTB valid/test are read as 32 streams: each starts from a zero state, ~0.1% of the characters
@@ -223,33 +223,32 @@ def train_recurrent(cfg: RecurrentConfig, *, resume: bool = False, progress: boo
     out = Path(cfg.out)
     ckpt = prepare_out(cfg.to_dict(), out, resume, RESUMABLE)
     handler = setup_logging(out)
-    torch.set_flush_denormal(True)  # as the feed-forward trainer (PAPER.md §8); restored below
     session = Session(
         out, cfg.to_dict(), max_samples=cfg.max_samples, max_minutes=cfg.max_minutes, log_every=cfg.log_every,
         ckpt=ckpt, show=show_progress(progress), desc=f"{cfg.task.value} {cfg.method.value} T={cfg.T}",
     )  # fmt: skip
     try:
-        write_json(out / "config.json", cfg.to_dict())
-        if cfg.task in _COPY_TASKS:
-            result = _train_copy(cfg, session, ckpt)
-        elif cfg.task is RecurrentTask.PTB_CHAR:
-            result = _train_ptb(cfg, session, data, ckpt)
-        else:
-            from synthgrad.recurrent.multinet import train_multinet
+        with flush_denormals():  # as every trainer (PAPER.md §8)
+            write_json(out / "config.json", cfg.to_dict())
+            if cfg.task in _COPY_TASKS:
+                result = _train_copy(cfg, session, ckpt)
+            elif cfg.task is RecurrentTask.PTB_CHAR:
+                result = _train_ptb(cfg, session, data, ckpt)
+            else:
+                from synthgrad.recurrent.multinet import train_multinet
 
-            result = train_multinet(cfg, session, data, ckpt)
-        p = session.progress
-        summary = {
-            "task": cfg.task.value, "method": cfg.method.value, "T": cfg.T, "hidden_size": cfg.hidden_size,
-            "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed, "samples": p.samples,
-            "updates": p.updates, "wall_time_s": p.wall_time_s, "max_samples": cfg.max_samples,
-            "max_minutes": cfg.max_minutes, **result,
-        }  # fmt: skip
-        write_json(out / "summary.json", summary)
-        return summary
+                result = train_multinet(cfg, session, data, ckpt)
+            p = session.progress
+            summary = {
+                "task": cfg.task.value, "method": cfg.method.value, "T": cfg.T, "hidden_size": cfg.hidden_size,
+                "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed, "samples": p.samples,
+                "updates": p.updates, "wall_time_s": p.wall_time_s, "max_samples": cfg.max_samples,
+                "max_minutes": cfg.max_minutes, **result,
+            }  # fmt: skip
+            write_json(out / "summary.json", summary)
+            return summary
     finally:
         session.close()
-        torch.set_flush_denormal(False)
         close_logging(handler)
 
 
