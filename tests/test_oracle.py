@@ -37,7 +37,7 @@ def true_per_example_grads(stages: nn.ModuleList, x: torch.Tensor, y: torch.Tens
     return [c.grad * x.shape[0] for c in cuts]
 
 
-def run_equivalence(model: nn.Module, input_shape: tuple[int, ...], steps: int = 20) -> float:
+def run_equivalence(model: nn.Module, input_shape: tuple[int, ...], steps: int = 20, *, fold: bool = False) -> float:
     torch.manual_seed(0)
     model = model.double()
     reference = copy.deepcopy(model)
@@ -49,7 +49,7 @@ def run_equivalence(model: nn.Module, input_shape: tuple[int, ...], steps: int =
         return oracles[-1]
 
     x0 = torch.randn(4, *input_shape, dtype=torch.float64)
-    net = decouple(copy.deepcopy(model), x0, synthesizer=make_oracle, lr=1e-2)
+    net = decouple(copy.deepcopy(model), x0, synthesizer=make_oracle, lr=1e-2, fold_every=int(fold))
     assert len(oracles) == len(list(model.children())) - 1
     gen = torch.Generator().manual_seed(1)
     for _ in range(steps):
@@ -69,9 +69,11 @@ def run_equivalence(model: nn.Module, input_shape: tuple[int, ...], steps: int =
     return max((ref_state[k].double() - dni_state[k].double()).abs().max().item() for k in ref_state)
 
 
+@pytest.mark.parametrize("fold", [False, True])
 @pytest.mark.parametrize("layers", [2, 4])
-def test_oracle_fcn_equals_backprop(layers: int) -> None:
-    diff = run_equivalence(fcn((1, 6, 6), 3, layers=layers, width=16), (1, 6, 6))
+def test_oracle_fcn_equals_backprop(layers: int, fold: bool) -> None:
+    """With folding the residuals of an oracle are zero, so it is backprop too."""
+    diff = run_equivalence(fcn((1, 6, 6), 3, layers=layers, width=16), (1, 6, 6), fold=fold)
     assert diff <= 1e-6
 
 

@@ -60,6 +60,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--synthesizer-hidden", type=_int_tuple, help="hidden widths, e.g. 1024,1024 (lowrank: the rank)")
     g.add_argument("--update-prob", type=float, help="update decoupling: each module updates with probability P")
     g.add_argument("--unlock", choices=["full"], help="complete unlock: synthetic inputs and gradients")
+    g.add_argument("--fold-every", type=int, help="fold in the true gradient of every K-th batch (0: never)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int)
     g.add_argument("--batch-size", type=int)

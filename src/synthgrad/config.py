@@ -42,6 +42,9 @@ class TrainConfig:
     synthesizer_hidden: tuple[int, ...] | None = None  # None: (1024, 1024) for MLP, (128, 128) for conv
     update_prob: float = 1.0  # update decoupling: each module updates with probability p per step
     unlock: str | None = None  # "full": complete unlock with synthetic inputs
+    # Fold the true gradient of every k-th batch into every module as it arrives ([Note: folding in true
+    # gradients] in decoupled.py); 0 never; None: the method's default, see `fold_interval`.
+    fold_every: int | None = None
     # -- optimisation: Adam with batch 256 as in PAPER.md §2.
     epochs: int = 10
     batch_size: int = 256
@@ -77,8 +80,14 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
-        if self.method is Method.BACKPROP and (self.unlock or self.update_prob < 1.0 or self.synthesizer):
-            raise ConfigError("--unlock, --update-prob and --synthesizer need --method dni or cdni")
+        if self.method is Method.BACKPROP and (
+            self.unlock or self.update_prob < 1.0 or self.synthesizer or self.fold_every
+        ):
+            raise ConfigError("--unlock, --update-prob, --synthesizer and --fold-every need --method dni or cdni")
+        if self.fold_every is not None and self.fold_every < 0:
+            raise ConfigError(f"--fold-every must be >= 0, got {self.fold_every}")
+        if self.fold_interval() and self.unlock:
+            raise ConfigError("folding true gradients needs real inputs: use --fold-every 0 with --unlock full")
         if self.layers == 1 and self.method is not Method.BACKPROP:
             raise ConfigError("a 1-layer network has no interface to decouple: use --layers >= 2")
         if self.device != "cpu" and not self.device.startswith("cuda"):
@@ -97,6 +106,12 @@ class TrainConfig:
         if self.lr is not None:
             return self.lr
         return 3e-5 if self.method is Method.DNI else 1e-4
+
+    def fold_interval(self) -> int:
+        """Every how many batches a true gradient is folded in (0: never): `fold_every`, else the method's."""
+        if self.fold_every is not None:
+            return self.fold_every
+        return 0
 
     def model_width(self) -> int:
         if self.width is not None:

@@ -16,18 +16,47 @@ real forward pass still runs to provide I_i's regression target and the batch-no
 
 A `DecoupledSequential` with a single module and no synthesizer is plain backprop: the baseline runs through
 the same code.
+
+[Note: folding in true gradients]
+    An unconditioned synthesizer can at best predict E[∂ℓ/∂h | h]; once the layers above are calibrated that
+    expectation tends to zero (the label is what the gradient is about), so plain DNI starves the lower modules
+    of signal and degrades with depth (PAPER.md §3, §8). The true gradient of a batch does reach module i — just
+    later: in a pipeline it arrives N−1−i steps after module i's forward pass, once every module above has run
+    that batch. Folding uses it without waiting for it:
+
+        step t:       θ_i ← opt(θ_i, J_{i,t}ᵀ ĝ_{i,t} + J_{i,s}ᵀ r_{i,s}),   s = t − (N−1−i)
+        r_{i,s}  =    ∂ℓ_s/∂h_{i,s} − ĝ_{i,s}                            (the residual of batch s)
+
+    where J_{i,s} is module i's Jacobian *at the parameters and activations of batch s's own forward pass*
+    (stashed, as PipeDream stashes weights), so summed over time every batch contributes exactly its true
+    gradient, part of it early (the synthetic gradient) and the rest as soon as it is known. Modules stay
+    update-unlocked: nothing waits, the residual is of an older batch. The residual arrives in pieces, each a
+    by-product of a backward pass that runs anyway: when module i+1 runs batch s it carries (∂h_{i+1}/∂h_i)ᵀ ĝ_{i+1}
+    down (the bootstrapped target), so r_{i,s} starts as that minus ĝ_{i,s}; when module i+1 later folds its own
+    residual r_{i+1,s} it carries J_{i+1,s}ᵀ r_{i+1,s} down too, which completes r_{i,s}. The top module's
+    gradient is exact and has nothing to fold. An oracle synthesizer leaves zero residuals (backprop exactly); a
+    zero synthesizer makes this delayed backprop with the pipeline's delays (tests/test_fold.py).
+    Cost: a second backward pass per module per step (the old batch's), and N−i stashed graphs at module i. A
+    checkpoint does not hold the batches in flight: a resumed run drops at most N−1−i residuals per module.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
-from synthgrad.core import backward_through, batch_cosine, synthesizer_loss, to_module_grad
+from synthgrad.core import (
+    backward_through,
+    batch_cosine,
+    synthesizer_loss,
+    to_module_grad,
+    to_synthesizer_units,
+)
 from synthgrad.synthesizers import SynthesizerKind, SynthesizerSpec
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
@@ -40,7 +69,7 @@ class StepStats:
 
     loss: float
     sg_loss: list[float] = field(default_factory=list)
-    target_cosine: list[float] = field(default_factory=list)  # cos(ĝ_i, bootstrapped target)
+    target_cosine: list[float] = field(default_factory=list)  # cos(ĝ_i, bootstrapped target), only when diagnosed
     true_cosine: list[float] | None = None  # cos(ĝ_i, true ∂ℓ/∂h_i), only when diagnosed
     input_loss: list[float] = field(default_factory=list)  # complete unlock: L2 of I_i(x) vs real h_{i-1}
     updated: list[bool] = field(default_factory=list)  # which modules updated (update decoupling)
@@ -54,6 +83,21 @@ class ModuleStep:
     synthetic: Tensor | None  # ĝ_i = M_i(h_i, c), with graph to M_i; None at the top
     output: Tensor  # h_i
     loss: float | None  # the task loss, at the top module only
+    # Folding ([Note: folding in true gradients]): the residual of an older batch carried back through f_i, in
+    # synthesizer units, for module i−1's record of that batch; None when nothing was folded this step.
+    correction: Tensor | None = None
+
+
+@dataclass
+class _Flight:
+    """One batch's forward pass through module i, kept until its true gradient has been folded in."""
+
+    output: Tensor  # h_i, with graph to the stashed parameters and the input leaf
+    leaf: Tensor  # the detached input it was applied to
+    stash: list[Tensor]  # the parameters as they were for this forward pass (the graph refers to them)
+    synthetic: Tensor | None = None  # ĝ_i (detached, synthesizer units) that module i already applied
+    missing: int = 2  # pieces of the residual still to come from above (1 when module i+1 is the top)
+    residual: Tensor | None = None  # true ∂ℓ/∂h_i − ĝ_i as pieces arrive from above (synthesizer units)
 
 
 @contextlib.contextmanager
@@ -99,6 +143,8 @@ class DecoupledSequential(nn.Module):
         input_synthesizers: complete unlock: N−1 synthesizers; entry i−1 maps (x, context) to f_i's input,
             for i = 2 … N. None trains on real inputs.
         seed: seed of the generator that draws update decisions (checkpointed with the state).
+        fold_every: fold the true gradient of every k-th batch into every module as it arrives, later, from
+            above ([Note: folding in true gradients]); 0 never. Modules still update at once from ĝ.
     """
 
     def __init__(
@@ -112,6 +158,7 @@ class DecoupledSequential(nn.Module):
         update_prob: float = 1.0,
         input_synthesizers: Sequence[nn.Module] | None = None,
         seed: int = 0,
+        fold_every: int = 0,
     ) -> None:
         super().__init__()
         if len(modules) < 1:
@@ -122,6 +169,10 @@ class DecoupledSequential(nn.Module):
             raise ValueError(f"complete unlock needs {len(modules) - 1} input synthesizers")
         if not 0.0 < update_prob <= 1.0:
             raise ValueError(f"update_prob must be in (0, 1], got {update_prob}")
+        if fold_every < 0:
+            raise ValueError(f"fold_every must be >= 0, got {fold_every}")
+        if fold_every and input_synthesizers is not None:
+            raise ValueError("folding true gradients needs real inputs: it cannot be combined with complete unlock")
         self.stages = nn.ModuleList(modules)
         self.synthesizers = nn.ModuleList(synthesizers)
         self.input_synthesizers = nn.ModuleList(input_synthesizers) if input_synthesizers is not None else None
@@ -137,6 +188,8 @@ class DecoupledSequential(nn.Module):
         )
         self.generator = torch.Generator().manual_seed(seed)
         self.steps = 0
+        self.fold_every = fold_every
+        self._flights: list[deque[_Flight]] = [deque() for _ in self.synthesizers]
 
     # ------------------------------------------------------------------ inference
     def forward(self, x: Tensor) -> Tensor:
@@ -179,7 +232,8 @@ class DecoupledSequential(nn.Module):
             target: whatever `loss_fn` takes as its second argument (class labels (B,) for classification).
             context: (B, K) synthesizer context (the one-hot label for cDNI), or None.
             diagnose: also compute the true gradient at every cut (one extra locked forward/backward, with
-                batch-norm statistics untouched) and report its cosine with the synthetic gradient.
+                batch-norm statistics untouched) and report its cosine, and the bootstrapped target's, with the
+                synthetic gradient.
         """
         true_grads = self.true_gradients(x, target) if diagnose and len(self.stages) > 1 else None
         updates = self.draw_updates()
@@ -198,11 +252,14 @@ class DecoupledSequential(nn.Module):
                 real_out = result.output
             if result.loss is not None:
                 stats.loss = result.loss
+            if below is not None and self.fold_every:
+                self.fold(i - 1, result.carried, result.correction)
             if below is not None:
                 # M_{i-1} regresses onto the gradient carried back through f_i ([Note: bootstrapped target]).
-                sg_loss, cosine = self.train_synthesizer(i - 1, below, result.carried, updates[i - 1])
+                sg_loss, cosine = self.train_synthesizer(i - 1, below, result.carried, updates[i - 1], cosine=diagnose)
                 stats.sg_loss.append(sg_loss)
-                stats.target_cosine.append(cosine)
+                if diagnose:
+                    stats.target_cosine.append(cosine)
                 if true_grads is not None:
                     stats.true_cosine = (stats.true_cosine or []) + [batch_cosine(below, true_grads[i - 1]).item()]
             below = result.synthetic
@@ -224,29 +281,100 @@ class DecoupledSequential(nn.Module):
         gradient of its output (or the true loss at the top), and update at once if `update`.
 
         With `synthetic_input` (complete unlock) batch-norm statistics are left as they were: they describe
-        real inputs, which is what evaluation sees.
+        real inputs, which is what evaluation sees. With folding, the same backward pass also carries the
+        residual of the batch whose true gradient has just become complete ([Note: folding in true gradients]).
         """
         inp = source.detach().requires_grad_(i > 0)
+        top = i == len(self.stages) - 1
+        fold = not top and self.fold_every > 0
         with frozen_buffers(self.stages[i]) if synthetic_input else contextlib.nullcontext():
-            out = self.stages[i](inp)  # the buffers stay frozen until after backward, which reads them
+            if fold:
+                params = dict(self.stages[i].named_parameters())
+                stash = {k: p.detach().clone().requires_grad_(p.requires_grad) for k, p in params.items()}
+                # Buffers too: batch norm saves its running statistics for backward, and the next forward pass
+                # updates them in place; this batch's graph keeps its own copy, the module gets the new values.
+                buffers = {k: b.clone() for k, b in self.stages[i].named_buffers()}
+                out = torch.func.functional_call(self.stages[i], {**stash, **buffers}, (inp,))
+                with torch.no_grad():
+                    for k, b in self.stages[i].named_buffers():
+                        b.copy_(buffers[k])
+            else:
+                out = self.stages[i](inp)  # the buffers stay frozen until after backward, which reads them
             below = inp if i > 0 else None
-            if i == len(self.stages) - 1:
+            correction = None
+            if top:
                 loss = self.loss_fn(out, target)
                 carried, synthetic, loss_value = backward_through(loss, None, below), None, loss.item()
             else:
                 synthetic = self.synthesizers[i](out.detach(), context)  # (B, *h_i.shape), graph to M_i
-                carried = backward_through(out, to_module_grad(synthetic.detach()), below)
                 loss_value = None
+                if fold:
+                    missing = 2 if i < len(self.stages) - 2 else 1
+                    flight = _Flight(out, inp, list(stash.values()), synthetic.detach(), missing=missing)
+                    carried, correction = self._fold_backward(i, flight, params.values(), keep=self.folds_now())
+                else:
+                    carried = backward_through(out, to_module_grad(synthetic.detach()), below)
         self._step(self.optimizers[i], update)
-        return ModuleStep(carried=carried, synthetic=synthetic, output=out, loss=loss_value)
+        return ModuleStep(carried=carried, synthetic=synthetic, output=out, loss=loss_value, correction=correction)
 
-    def train_synthesizer(self, j: int, prediction: Tensor, target: Tensor, update: bool = True) -> tuple[float, float]:
-        """Regress M_j's `prediction` (with graph) onto `target`; returns (synthesizer loss, cosine)."""
+    def folds_now(self) -> bool:
+        """Whether this step's batch is one whose true gradient gets folded in."""
+        return self.fold_every > 0 and self.steps % self.fold_every == 0
+
+    def _fold_backward(
+        self, i: int, flight: _Flight, params: Iterable[nn.Parameter], *, keep: bool
+    ) -> tuple[Tensor | None, Tensor | None]:
+        """Module i's backward pass with folding: ĝ_i of this batch (kept in flight if its true gradient is to be
+        folded in later), plus the completed residual of the oldest batch in flight, through the graph and the
+        stashed parameters of that batch's own forward pass. Returns (carried, correction), see `ModuleStep`."""
+        flights = self._flights[i]
+        old = flights.popleft() if flights and flights[0].missing == 0 else None
+        outputs, grads = [flight.output], [to_module_grad(flight.synthetic)]
+        if old is not None:
+            outputs.append(old.output)
+            grads.append(to_module_grad(old.residual))
+        torch.autograd.backward(outputs, grads, retain_graph=keep)  # a kept batch's graph is walked again later
+        for p, *copies in zip(params, flight.stash, *([old.stash] if old else []), strict=True):
+            g = sum(c.grad for c in copies)
+            for c in copies:
+                c.grad = None
+            if p.grad is None:
+                p.grad = g
+            else:
+                p.grad.copy_(g)
+        if keep:
+            flights.append(flight)
+        if i == 0:
+            return None, None
+        carried = to_synthesizer_units(flight.leaf.grad)
+        flight.leaf.grad = None
+        return carried, (to_synthesizer_units(old.leaf.grad) if old is not None else None)
+
+    def fold(self, j: int, carried: Tensor, correction: Tensor | None) -> None:
+        """Module j's batches in flight receive what module j+1's backward pass carried down this step: the
+        bootstrapped target of the newest batch, if it is folded (its residual starts as carried − ĝ_j), and, when
+        module j+1 folded an older batch, that batch's further residual ([Note: folding in true gradients])."""
+        flights = self._flights[j]
+        if self.folds_now():
+            newest = flights[-1]
+            newest.residual = carried - newest.synthetic
+            newest.missing -= 1
+        if correction is not None:
+            waiting = next(f for f in flights if f.residual is not None and f.missing > 0)
+            waiting.residual = waiting.residual + correction
+            waiting.missing -= 1
+
+    def train_synthesizer(
+        self, j: int, prediction: Tensor, target: Tensor, update: bool = True, *, cosine: bool = True
+    ) -> tuple[float, float]:
+        """Regress M_j's `prediction` (with graph) onto `target`; returns (synthesizer loss, cosine between them;
+        NaN unless `cosine`, which costs ~5% of a step)."""
         loss = synthesizer_loss(prediction, target)
         if prediction.requires_grad:  # a parameter-free synthesizer (an oracle) has nothing to train
             loss.backward()  # reaches M_j only: its input was detached from f_j ([Note: SG loss scale])
             self._step(self.synthesizer_optimizers[j], update)
-        return loss.item(), batch_cosine(prediction.detach(), target).item()
+        cos = batch_cosine(prediction.detach(), target).item() if cosine else float("nan")
+        return loss.item(), cos
 
     def train_input_synthesizer(
         self, i: int, x: Tensor, real_input: Tensor, context: Tensor | None, update: bool = True
@@ -335,6 +463,7 @@ def decouple(
     unlock: bool = False,
     input_synthesizer: SynthesizerSpec | None = None,
     seed: int = 0,
+    fold_every: int = 0,
 ) -> DecoupledSequential:
     """Cut a sequential model into decoupled modules, with a synthesizer on every cut.
 
@@ -351,6 +480,7 @@ def decouple(
         update_prob: p of update decoupling.
         unlock: complete unlock: modules above the first train on synthetic inputs from the network input.
         input_synthesizer: spec of the input synthesizers (default: MLP with one hidden layer of 1024).
+        fold_every: fold in the true gradient of every k-th batch ([Note: folding in true gradients]); 0 never.
 
     Example:
         >>> net = decouple(fcn((1, 28, 28), 10, layers=4), x[:2], context_dim=10)
@@ -392,4 +522,5 @@ def decouple(
         update_prob=update_prob,
         input_synthesizers=input_synths,
         seed=seed,
+        fold_every=fold_every,
     )

@@ -70,7 +70,15 @@ def build_network(
         unlock=cfg.unlock == "full",
         seed=cfg.seed,
         synthesizer_optimizer=adam(slr),
+        fold_every=0 if locked else cfg.fold_interval(),
     )
+
+
+def _mean_per_cut(rows: list[dict], key: str) -> list[float]:
+    """Average of the per-cut lists `row[key]` over the diagnosed steps of an epoch ([] if none)."""
+    if not rows:
+        return []
+    return [sum(r[key][j] for r in rows) / len(rows) for j in range(len(rows[0][key]))]
 
 
 @torch.no_grad()
@@ -133,7 +141,7 @@ def _train(cfg: TrainConfig, out: Path, ckpt: dict | None, progress: bool | None
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
         t0 = time.perf_counter()
         order = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
-        sums = {"loss": 0.0, "sg": None, "cos": None}
+        sums = {"loss": 0.0, "sg": None}
         epoch_diag = []
         bar = tqdm(range(steps_per_epoch), desc=f"{cfg.method.value} epoch {epoch}/{cfg.epochs}", disable=not show)
         for s in bar:
@@ -154,13 +162,15 @@ def _train(cfg: TrainConfig, out: Path, ckpt: dict | None, progress: bool | None
                 sums["sg"] = [
                     a + b for a, b in zip(sums["sg"] or [0.0] * len(stats.sg_loss), stats.sg_loss, strict=True)
                 ]
-                sums["cos"] = [
-                    a + b
-                    for a, b in zip(sums["cos"] or [0.0] * len(stats.target_cosine), stats.target_cosine, strict=True)
-                ]
             if stats.true_cosine is not None:
                 epoch_diag.append(
-                    {"step": net.steps, "epoch": epoch, "true_cosine": stats.true_cosine, "sg_loss": stats.sg_loss}
+                    {
+                        "step": net.steps,
+                        "epoch": epoch,
+                        "true_cosine": stats.true_cosine,
+                        "target_cosine": stats.target_cosine,
+                        "sg_loss": stats.sg_loss,
+                    }
                 )
             if show and s % 20 == 0:
                 bar.set_postfix(loss=f"{stats.loss:.3f}")
@@ -177,13 +187,8 @@ def _train(cfg: TrainConfig, out: Path, ckpt: dict | None, progress: bool | None
             "epoch_time_s": epoch_time,
             "wall_time_s": state.wall_time_s,
             "sg_loss": [v / steps_per_epoch for v in sums["sg"]] if sums["sg"] else [],
-            "target_cosine": [v / steps_per_epoch for v in sums["cos"]] if sums["cos"] else [],
-            "true_cosine": [
-                sum(d["true_cosine"][j] for d in epoch_diag) / len(epoch_diag)
-                for j in range(len(epoch_diag[0]["true_cosine"]))
-            ]
-            if epoch_diag
-            else [],
+            "target_cosine": _mean_per_cut(epoch_diag, "target_cosine"),
+            "true_cosine": _mean_per_cut(epoch_diag, "true_cosine"),
         }
         state.history.append(row)
         state.diagnostics.extend(epoch_diag)

@@ -1,0 +1,124 @@
+"""Folding in true gradients ([Note: folding in true gradients] in synthgrad/decoupled.py)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from synthgrad.decoupled import decouple
+from synthgrad.models import fcn
+from synthgrad.synthesizers import SynthesizerKind, SynthesizerSpec
+
+
+class Zero(nn.Module):
+    def forward(self, h: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.zeros_like(h)
+
+
+def batches(n: int, seed: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(seed)
+    return [
+        (torch.randn(8, 1, 5, 5, generator=gen, dtype=torch.float64), torch.randint(0, 3, (8,), generator=gen))
+        for _ in range(n)
+    ]
+
+
+@pytest.mark.parametrize("every", [1, 2, 3])
+def test_zero_synthesizer_with_folding_is_delayed_backprop(every: int) -> None:
+    """ĝ = 0: module i's step-t update is exactly the true gradient of batch t − (N−1−i) (if that batch is one
+    of every k-th), taken through the parameters every module had when that batch went forward (the pipeline's
+    delays, stashed weights)."""
+    torch.manual_seed(0)
+    layers, lr, steps = 4, 0.1, 9
+    model = fcn((1, 5, 5), 3, layers=layers, width=6).double()
+    sgd = lambda ps: torch.optim.SGD(ps, lr=lr)  # noqa: E731
+    data = batches(steps)
+    net = decouple(copy.deepcopy(model), data[0][0], synthesizer=lambda s: Zero(), optimizer=sgd, fold_every=every)
+    n = len(net.stages)
+
+    # Reference: a snapshot of the whole chain before every step; batch s's gradient uses snapshot s.
+    ref = nn.Sequential(*copy.deepcopy(net.stages))
+    snapshots = []
+    for t, (x, y) in enumerate(data):
+        snapshots.append(copy.deepcopy(ref))
+        grads = []
+        for i in range(n):
+            s = t - (n - 1 - i)
+            if s < 0 or (s % every and i < n - 1):  # the top module is exact on every batch
+                grads.append(None)
+                continue
+            chain = copy.deepcopy(snapshots[s])
+            xs, ys = data[s]
+            F.cross_entropy(chain(xs), ys).backward()
+            grads.append([p.grad for p in chain[i].parameters()])
+        with torch.no_grad():
+            for i, g in enumerate(grads):
+                for p, gp in zip(ref[i].parameters(), g or [], strict=False):
+                    p -= lr * gp
+        net.train_step(x, y)
+        for i in range(n):
+            for a, b in zip(net.stages[i].parameters(), ref[i].parameters(), strict=True):
+                assert torch.allclose(a, b, atol=1e-12), f"module {i} differs at step {t}"
+
+
+def test_folding_without_it_lower_modules_never_move_with_a_zero_synthesizer() -> None:
+    """The test above can fail: without folding, a zero synthesizer leaves module 0 where it was."""
+    torch.manual_seed(0)
+    model = fcn((1, 5, 5), 3, layers=3, width=6).double()
+    data = batches(4)
+    plain = decouple(copy.deepcopy(model), data[0][0], synthesizer=lambda s: Zero(), lr=1e-2)
+    folded = decouple(copy.deepcopy(model), data[0][0], synthesizer=lambda s: Zero(), lr=1e-2, fold_every=1)
+    w0 = next(model.parameters()).detach().clone()
+    for x, y in data:
+        plain.train_step(x, y)
+        folded.train_step(x, y)
+    assert torch.equal(next(plain.stages[0].parameters()), w0)
+    assert not torch.equal(next(folded.stages[0].parameters()), w0)
+
+
+def test_folding_keeps_modules_update_unlocked() -> None:
+    """f_i has already stepped when f_{i+1} starts its forward pass, with folding as without."""
+    torch.manual_seed(0)
+    model = fcn((1, 5, 5), 3, layers=4, width=6)
+    x, y = batches(1)[0]
+    x = x.float()
+    net = decouple(model, x, synthesizer=SynthesizerSpec(SynthesizerKind.LINEAR, ()), fold_every=1)
+    with torch.no_grad():  # non-zero synthetic gradients from the first step
+        for p in net.synthesizers.parameters():
+            p.normal_()
+    seen = []
+
+    def check(i):
+        def hook(module, inputs):
+            seen.append(
+                any(not torch.equal(a, b) for a, b in zip(before[i - 1], net.stages[i - 1].parameters(), strict=True))
+            )
+
+        return hook
+
+    for _ in range(3):
+        before = [[p.detach().clone() for p in s.parameters()] for s in net.stages]
+        handles = [net.stages[i].register_forward_pre_hook(check(i)) for i in range(1, len(net.stages))]
+        net.train_step(x, y)
+        for h in handles:
+            h.remove()
+    assert seen == [True] * 9
+
+
+def test_folding_learns_a_linear_synthesizer_and_refuses_complete_unlock() -> None:
+    torch.manual_seed(0)
+    model = fcn((1, 5, 5), 3, layers=3, width=6)
+    x, y = batches(1)[0]
+    x = x.float()
+    net = decouple(model, x, synthesizer=SynthesizerSpec(SynthesizerKind.LINEAR, ()), fold_every=1)
+    synth = copy.deepcopy(net.synthesizers[0].state_dict())
+    for _ in range(3):
+        stats = net.train_step(x, y)
+    assert all(torch.isfinite(torch.tensor(stats.sg_loss)))
+    assert any(not torch.equal(v, net.synthesizers[0].state_dict()[k]) for k, v in synth.items())
+    with pytest.raises(ValueError, match="complete unlock"):
+        decouple(model, x, unlock=True, fold_every=1)
