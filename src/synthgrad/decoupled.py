@@ -92,9 +92,8 @@ class ModuleStep:
 class _Flight:
     """One batch's forward pass through module i, kept until its true gradient has been folded in."""
 
-    output: Tensor  # h_i, with graph to the stashed parameters and the input leaf
+    output: Tensor  # h_i, with graph (and stashed weights, see `stashed_weights`) to θ_i and the input leaf
     leaf: Tensor  # the detached input it was applied to
-    stash: list[Tensor]  # the parameters as they were for this forward pass (the graph refers to them)
     synthetic: Tensor | None = None  # ĝ_i (detached, synthesizer units) that module i already applied
     missing: int = 2  # pieces of the residual still to come from above (1 when module i+1 is the top)
     residual: Tensor | None = None  # true ∂ℓ/∂h_i − ĝ_i as pieces arrive from above (synthesizer units)
@@ -110,6 +109,25 @@ def frozen_buffers(module: nn.Module) -> Iterator[None]:
         with torch.no_grad():
             for b, value in saved:
                 b.copy_(value)
+
+
+@contextlib.contextmanager
+def stashed_weights(module: nn.Module) -> Iterator[None]:
+    """Forward passes whose graphs keep their own copy of every parameter and buffer they save for backward.
+
+    The graph can then be back-propagated after the optimizer (or the next forward pass, for batch-norm running
+    statistics) has changed the module in place: the gradient is the one at the weights this forward pass used
+    (PipeDream's weight stashing), and it still accumulates into the parameters' `.grad`. Costs one copy of
+    each saved weight; activations are saved as usual.
+    """
+    owned = {id(t) for t in (*module.parameters(), *module.buffers())}
+
+    def pack(t: Tensor) -> Tensor:
+        base = t._base if t._base is not None else t  # e.g. weight.t() saved by a matrix product
+        return t.clone() if id(base) in owned else t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        yield
 
 
 def adam(lr: float) -> OptimizerFactory:
@@ -287,18 +305,9 @@ class DecoupledSequential(nn.Module):
         inp = source.detach().requires_grad_(i > 0)
         top = i == len(self.stages) - 1
         fold = not top and self.fold_every > 0
+        keep = fold and self.folds_now()  # this batch's graph stays until its residual is complete
         with frozen_buffers(self.stages[i]) if synthetic_input else contextlib.nullcontext():
-            if fold:
-                params = dict(self.stages[i].named_parameters())
-                stash = {k: p.detach().clone().requires_grad_(p.requires_grad) for k, p in params.items()}
-                # Buffers too: batch norm saves its running statistics for backward, and the next forward pass
-                # updates them in place; this batch's graph keeps its own copy, the module gets the new values.
-                buffers = {k: b.clone() for k, b in self.stages[i].named_buffers()}
-                out = torch.func.functional_call(self.stages[i], {**stash, **buffers}, (inp,))
-                with torch.no_grad():
-                    for k, b in self.stages[i].named_buffers():
-                        b.copy_(buffers[k])
-            else:
+            with stashed_weights(self.stages[i]) if keep else contextlib.nullcontext():
                 out = self.stages[i](inp)  # the buffers stay frozen until after backward, which reads them
             below = inp if i > 0 else None
             correction = None
@@ -310,8 +319,8 @@ class DecoupledSequential(nn.Module):
                 loss_value = None
                 if fold:
                     missing = 2 if i < len(self.stages) - 2 else 1
-                    flight = _Flight(out, inp, list(stash.values()), synthetic.detach(), missing=missing)
-                    carried, correction = self._fold_backward(i, flight, params.values(), keep=self.folds_now())
+                    flight = _Flight(out, inp, synthetic.detach(), missing=missing)
+                    carried, correction = self._fold_backward(i, flight, keep=keep)
                 else:
                     carried = backward_through(out, to_module_grad(synthetic.detach()), below)
         self._step(self.optimizers[i], update)
@@ -321,12 +330,11 @@ class DecoupledSequential(nn.Module):
         """Whether this step's batch is one whose true gradient gets folded in."""
         return self.fold_every > 0 and self.steps % self.fold_every == 0
 
-    def _fold_backward(
-        self, i: int, flight: _Flight, params: Iterable[nn.Parameter], *, keep: bool
-    ) -> tuple[Tensor | None, Tensor | None]:
+    def _fold_backward(self, i: int, flight: _Flight, *, keep: bool) -> tuple[Tensor | None, Tensor | None]:
         """Module i's backward pass with folding: ĝ_i of this batch (kept in flight if its true gradient is to be
-        folded in later), plus the completed residual of the oldest batch in flight, through the graph and the
-        stashed parameters of that batch's own forward pass. Returns (carried, correction), see `ModuleStep`."""
+        folded in later), plus the completed residual of the oldest batch in flight, through the graph (and the
+        stashed weights) of that batch's own forward pass; both land in the parameters' `.grad`. Returns
+        (carried, correction), see `ModuleStep`."""
         flights = self._flights[i]
         old = flights.popleft() if flights and flights[0].missing == 0 else None
         outputs, grads = [flight.output], [to_module_grad(flight.synthetic)]
@@ -334,14 +342,6 @@ class DecoupledSequential(nn.Module):
             outputs.append(old.output)
             grads.append(to_module_grad(old.residual))
         torch.autograd.backward(outputs, grads, retain_graph=keep)  # a kept batch's graph is walked again later
-        for p, *copies in zip(params, flight.stash, *([old.stash] if old else []), strict=True):
-            g = sum(c.grad for c in copies)
-            for c in copies:
-                c.grad = None
-            if p.grad is None:
-                p.grad = g
-            else:
-                p.grad.copy_(g)
         if keep:
             flights.append(flight)
         if i == 0:
