@@ -208,7 +208,7 @@ class RecordingSGD(torch.optim.SGD):
         return super().step(closure)
 
 
-def two_chunks(method: str, *, last: bool, aux_head: bool = False):
+def two_chunks(method: str, *, last: bool, aux_head: bool = False, discount: float = 1.0):
     """Train chunk 1 (steps 0..2) then chunk 2 (steps 3..5) with a non-zero linear synthesizer; returns the
     trainer, chunk 2's stats, and copies of everything as it was just before chunk 2."""
     core, readout = make_model()
@@ -220,7 +220,8 @@ def two_chunks(method: str, *, last: bool, aux_head: bool = False):
         synth.net.out.bias.normal_(0, 0.3)
     head = nn.Linear(5, synth.state_size).double() if aux_head else None
     tr = TruncatedBPTT(
-        core, readout, mse_step_loss, RecordingSGD, T=3, method=method, synthesizer=synth, aux_head=head
+        core, readout, mse_step_loss, RecordingSGD, T=3, method=method, synthesizer=synth, aux_head=head,
+        discount=discount,
     )  # fmt: skip
     s1, _ = tr.train_chunk(inputs[:3], targets[:3], None, mask=mask[:3])
     before = copy.deepcopy(tr)
@@ -237,28 +238,32 @@ def chunk_reference(before: TruncatedBPTT, s1, data, *, last: bool):
     return leaf, loss, flat(s2), g_end, outs
 
 
+@pytest.mark.parametrize("discount", [1.0, 0.1])
 @pytest.mark.parametrize("last", [False, True])
-def test_bootstrapped_target_matches_formula(last) -> None:
-    """target = B·Σ_τ ∂L_τ/∂s_start + (∂s_end/∂s_start)ᵀ ĝ_end (PAPER.md §4); at a sequence end only the first term."""
-    tr, stats, before, s1, data = two_chunks("dni", last=last)
+def test_bootstrapped_target_matches_formula(last, discount) -> None:
+    """target = B·Σ_τ ∂L_τ/∂s_start + λ(∂s_end/∂s_start)ᵀ ĝ_end (PAPER.md §4 at λ = 1, [Note: discount]); at a
+    sequence end only the first term."""
+    tr, stats, before, s1, data = two_chunks("dni", last=last, discount=discount)
     leaf, loss, s2, g_end, _ = chunk_reference(before, s1, data, last=last)
     (true_part,) = torch.autograd.grad(loss, leaf, retain_graph=True)
     expected = B * true_part
     if not last:
-        expected = expected + torch.autograd.grad(s2, leaf, grad_outputs=g_end)[0]
+        expected = expected + discount * torch.autograd.grad(s2, leaf, grad_outputs=g_end)[0]
         assert torch.allclose(stats.synthetic, g_end, rtol=0, atol=TOL) and g_end.abs().max() > 1e-3
     else:
         assert stats.synthetic is None
     assert torch.allclose(stats.target, expected, rtol=0, atol=TOL)
 
 
+@pytest.mark.parametrize("discount", [1.0, 0.1])
 @pytest.mark.parametrize("method", ["dni", "dni-aux"])
-def test_synthesizer_loss_never_reaches_the_core_and_aux_loss_never_reaches_the_synthesizer(method) -> None:
-    """The gradients each optimizer applied at chunk 2 equal the formulas: core ← task loss + ⟨s_end, ĝ/B⟩
-    (+ L_aux for DNI + Aux); M ← synthesizer_loss(M(s_start), task-only target), never anything else."""
-    tr, stats, before, s1, data = two_chunks(method, last=False, aux_head=method == "dni-aux")
+def test_synthesizer_loss_never_reaches_the_core_and_aux_loss_never_reaches_the_synthesizer(method, discount) -> None:
+    """The gradients each optimizer applied at chunk 2 equal the formulas: core ← task loss + ⟨s_end, λĝ/B⟩
+    (+ L_aux for DNI + Aux, whose target is ĝ itself); M ← synthesizer_loss(M(s_start), task-only target), never
+    anything else."""
+    tr, stats, before, s1, data = two_chunks(method, last=False, aux_head=method == "dni-aux", discount=discount)
     leaf, loss, s2, g_end, outs = chunk_reference(before, s1, data, last=False)
-    objective = loss + (s2 * g_end / B).sum()
+    objective = loss + (s2 * discount * g_end / B).sum()
     if method == "dni-aux":
         aux = sum(synthesizer_loss(before.aux_head(o), g_end) for o in outs)
         assert aux.item() > 1e-6 and stats.aux_loss == pytest.approx(aux.item(), rel=1e-9)
@@ -269,13 +274,15 @@ def test_synthesizer_loss_never_reaches_the_core_and_aux_loss_never_reaches_the_
     expected = torch.autograd.grad(objective, model_params, retain_graph=True)
     for got, exp in zip(tr.optimizer.seen[-1], expected, strict=True):
         assert torch.allclose(got, exp, rtol=0, atol=TOL)
-    target = B * torch.autograd.grad(loss + (s2 * g_end / B).sum(), leaf, retain_graph=True)[0]  # task + SG only
+    target = (
+        B * torch.autograd.grad(loss + (s2 * discount * g_end / B).sum(), leaf, retain_graph=True)[0]
+    )  # task + SG only
     sg = synthesizer_loss(before.synthesizer(flat(s1)), target)
     expected_synth = torch.autograd.grad(sg, list(before.synthesizer.parameters()))
     for got, exp in zip(tr.synthesizer_optimizer.seen[-1], expected_synth, strict=True):
         assert torch.allclose(got, exp, rtol=0, atol=TOL)
     if method == "dni-aux":  # the auxiliary loss did change the core's update
-        plain = torch.autograd.grad(loss + (s2 * g_end / B).sum(), model_params[:-2], allow_unused=True)
+        plain = torch.autograd.grad(loss + (s2 * discount * g_end / B).sum(), model_params[:-2], allow_unused=True)
         diff = max((g - p).abs().max().item() for g, p in zip(tr.optimizer.seen[-1], plain, strict=False))
         assert diff > 1e-6
 
@@ -310,6 +317,9 @@ def test_bad_configuration_is_a_clear_error() -> None:
     for T in (0, -1, 2.5, True):
         with pytest.raises(ConfigError, match="T must be"):
             TruncatedBPTT(core, readout, mse_step_loss, sgd, T=T)
+    for discount in (0.0, 1.5):
+        with pytest.raises(ConfigError, match="discount must be in"):
+            TruncatedBPTT(core, readout, mse_step_loss, sgd, T=3, discount=discount)
     with pytest.raises(ConfigError, match="unknown recurrent method 'rtrl'"):
         TruncatedBPTT(core, readout, mse_step_loss, sgd, T=3, method="rtrl")
     tr = TruncatedBPTT(core, readout, mse_step_loss, sgd, T=3, method=RecurrentMethod.DNI)

@@ -13,7 +13,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import platform
+import subprocess
 import time
 from pathlib import Path
 
@@ -89,6 +91,29 @@ def reproduce_recurrent(
     return out / "report.md"
 
 
+def _commit() -> str:
+    """The checked-out commit (short hash, "+changes" if the tree differs), or "unknown" outside a git tree."""
+    try:
+        run = lambda *a: subprocess.run(["git", *a], capture_output=True, text=True, check=True).stdout.strip()  # noqa: E731
+        head = run("rev-parse", "--short", "HEAD")
+        return head + ("+changes" if run("status", "--porcelain", "--untracked-files=no") else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _machine() -> str:
+    """CPU model and core count, e.g. "AMD EPYC, 2 cores"."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores"
+
+
 def _find(results: list[dict], task: str, method: str, T: int) -> dict | None:  # noqa: N803
     return next((r for r in results if (r["task"], r["method"], r["T"]) == (task, method, T)), None)
 
@@ -101,7 +126,7 @@ def _report(results: list[dict], budget: dict, quick: bool, elapsed: float, out:
         "",
         f"Budget per row: {unit}"
         + (" samples (PTB ×100 characters, two networks ×10 digits)" if "max_samples" in budget else "")
-        + f"; one thread per run on {platform.processor() or platform.machine()}, torch {torch.__version__}."
+        + f"; one thread per run on {_machine()}, torch {torch.__version__}, commit {_commit()}."
         + (" **Quick smoke run: tiny networks, numbers meaningless.**" if quick else ""),
         f"Suite wall time {elapsed / 60:.1f} min. Copy tasks: LSTM {first['hidden_size']}, "
         f"batch {first['batch_size']}, curriculum on bits wrong per sequence < 0.15 "
@@ -122,9 +147,24 @@ def _report(results: list[dict], budget: dict, quick: bool, elapsed: float, out:
             lines.append(f"| {m} (ours) | " + " | ".join(cells) + " |")
             if (task, m) in PAPER_LENGTH:
                 lines.append(f"| {m} (paper) | " + " | ".join(map(str, PAPER_LENGTH[(task, m)])) + " |")
+        lines += ["", "Sequences trained within the budget:", "", "| method | " + " | ".join(f"T={t}" for t in COPY_T)]
+        lines[-1] += " |"
+        lines += ["|---|" + "---|" * len(COPY_T)]
+        for method in METHODS:
+            ours = [_find(results, task, method.value, t) for t in COPY_T]
+            lines.append(f"| {method.value} | " + " | ".join(str(r["samples"]) if r else "–" for r in ours) + " |")
         lines.append("")
-    lines += ["## Penn Treebank characters, T = 8", "", "| method | test BPC (ours) | valid BPC | characters | paper |"]
-    lines += ["|---|---|---|---|---|"]
+    lines += ["## Penn Treebank characters, T = 8", ""]
+    ptb = [r for r in results if r["task"] == "ptb-char"]
+    if ptb:
+        r = ptb[-1]
+        lines += [
+            f"LSTM {r['hidden_size']}, batch {r['batch_size']} streams, Adam {r['lr']:g}; DNI synthesizer Adam "
+            f"{r.get('synthesizer_lr', '–')}, discount λ = {r.get('discount', '–')} ([Note: discount] in "
+            "synthgrad/recurrent/core.py); test BPC at the best validation point.",
+            "",
+        ]
+    lines += ["| method | test BPC (ours) | valid BPC | characters | paper |", "|---|---|---|---|---|"]
     curves = {}
     for method in METHODS:
         r = _find(results, "ptb-char", method.value, 8)
