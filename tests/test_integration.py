@@ -34,7 +34,9 @@ def short_run(capfd, data_dir: Path, out: Path, *extra: str) -> dict:
     return json.loads((out / "summary.json").read_text())
 
 
-@pytest.mark.parametrize(("method", "bound"), [("backprop", 10.0), ("cdni", 15.0), ("dni", 17.0)])
+# The defaults (issue #5) at this budget: DNI, which folds true gradients in, 7.1-7.4% (7.2-7.3% with its
+# synthesizers frozen: folding alone is delayed backprop); cDNI's rank-16 synthesizers start slowly, 16.9-20.1%.
+@pytest.mark.parametrize(("method", "bound"), [("backprop", 10.0), ("cdni", 24.0), ("dni", 10.0)])
 def test_short_mnist_run_learns(capfd, data_dir, tmp_path, method, bound):
     summary = short_run(capfd, data_dir, tmp_path / method, "--method", method)
     assert summary["method"] == method and summary["epochs"] == 1
@@ -42,9 +44,11 @@ def test_short_mnist_run_learns(capfd, data_dir, tmp_path, method, bound):
 
 
 def test_cdni_learns_through_its_synthetic_gradients(capfd, data_dir, tmp_path):
-    """Control: freeze the synthesizers (zero output) and cDNI trains only its top layer, far worse."""
-    working = short_run(capfd, data_dir, tmp_path / "cdni", "--method", "cdni")
-    frozen = short_run(capfd, data_dir, tmp_path / "frozen", "--method", "cdni", "--synthesizer-lr", "1e-12")
+    """Control: freeze the synthesizers (zero output) and cDNI trains only its top layer, far worse. (The paper's
+    linear synthesizers: 8.7-10.4% against 27-32% frozen.)"""
+    working = short_run(capfd, data_dir, tmp_path / "cdni", "--method", "cdni", "--synthesizer", "linear")
+    frozen = short_run(capfd, data_dir, tmp_path / "frozen", "--method", "cdni", "--synthesizer", "linear",
+                       "--synthesizer-lr", "1e-12")  # fmt: skip
     assert frozen["test_error"] > working["test_error"] + 8, (frozen["test_error"], working["test_error"])
 
 

@@ -75,8 +75,10 @@ def max_diff(a: dict, b: dict) -> float:
         ("cdni", 3, [], {}),
         ("dni", 2, ["--synthesizer-hidden", "32"], {"synthesizer_hidden": (32,)}),
         ("cdni", 2, ["--unlock", "full"], {"unlock": "full"}),
+        ("dni", 4, ["--fold-every", "1"], {"fold_every": 1}),
+        ("cdni", 3, ["--fold-every", "2"], {"fold_every": 2}),
     ],
-    ids=["cdni-2-p0.7", "cdni-3", "dni-2", "cdni-2-unlock"],
+    ids=["cdni-2-p0.7", "cdni-3", "dni-2", "cdni-2-unlock", "dni-4-fold1", "cdni-3-fold2"],
 )
 def test_lockstep_equals_in_process(data, tmp_path, method, stages, extra_args, extra_cfg) -> None:
     out = tmp_path / "run"
@@ -103,11 +105,11 @@ def test_lockstep_differs_from_a_wrong_reference(data, tmp_path) -> None:
     assert max_diff(load_checkpoint(out / "stage0-e1.pt")["module"], want[0]["module"]) > 1e-4
 
 
-@pytest.mark.parametrize("bound", [1, 3])
-def test_staleness_never_exceeds_its_bound(data, tmp_path, bound) -> None:
+@pytest.mark.parametrize(("bound", "extra"), [(1, []), (3, []), (2, ["--fold-every", "1"])], ids=["1", "3", "2-fold"])
+def test_staleness_never_exceeds_its_bound(data, tmp_path, bound, extra) -> None:
     out = tmp_path / "run"
     r = cli("parallel", "--stages", 3, "--method", "cdni", "--max-staleness", bound, "--data-dir", data,
-            "--epochs", 2, "--out", out, *SMALL)  # fmt: skip
+            "--epochs", 2, "--out", out, *SMALL, *extra)  # fmt: skip
     assert r.returncode == 0, r.stderr
     summary = json.loads((out / "summary.json").read_text())
     seen = [s["max_staleness_seen"] for s in summary["per_stage"]]

@@ -213,7 +213,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
-    from synthgrad.experiments import reproduce_feedforward
+    from synthgrad.experiments import FEEDFORWARD_GROUPS, reproduce_feedforward
 
     if args.suite == "recurrent":
         from synthgrad.recurrent.experiments import reproduce_recurrent
@@ -228,6 +228,12 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
         )
         return 0
+    groups = None
+    if args.groups:
+        groups = [g.strip() for g in args.groups.split(",") if g.strip()]
+        unknown = sorted(set(groups) - set(FEEDFORWARD_GROUPS))
+        if unknown:
+            raise ConfigError(f"unknown group(s) {', '.join(unknown)}; known: {', '.join(FEEDFORWARD_GROUPS)}")
     reproduce_feedforward(
         data_dir=args.data_dir,
         out=args.out or "runs/reproduce",
@@ -235,6 +241,8 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         seeds=args.seeds,
         quick=args.quick,
         progress=not args.no_progress,
+        groups=groups,
+        threads=args.threads,
     )
     return 0
 
@@ -266,7 +274,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a smoke-sized run of every row (tiny budget)")
     p.add_argument("--minutes-per-run", type=float, default=5.0, help="recurrent: wall-time budget of every row")
     p.add_argument("--samples-per-run", type=_positive_int, help="recurrent: a budget in samples instead")
-    p.add_argument("--threads", type=_positive_int, help="recurrent: torch threads per run")
+    p.add_argument("--threads", type=_positive_int, help="torch threads per run (default: all cores)")
+    p.add_argument(
+        "--groups", help="feedforward: only these groups of rows, e.g. fcn,paper (fcn, paper, update_prob, unlock, cnn)"
+    )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_reproduce)
 

@@ -92,10 +92,12 @@ class ModuleStep:
 class _Flight:
     """One batch's forward pass through module i, kept until its true gradient has been folded in."""
 
+    step: int  # the step that ran this batch forward
     output: Tensor  # h_i, with graph (and stashed weights, see `stashed_weights`) to θ_i and the input leaf
     leaf: Tensor  # the detached input it was applied to
     synthetic: Tensor | None = None  # ĝ_i (detached, synthesizer units) that module i already applied
     missing: int = 2  # pieces of the residual still to come from above (1 when module i+1 is the top)
+    corrected: bool = False  # whether the piece from module i+1's own folding has come (or none will)
     residual: Tensor | None = None  # true ∂ℓ/∂h_i − ĝ_i as pieces arrive from above (synthesizer units)
 
 
@@ -271,7 +273,9 @@ class DecoupledSequential(nn.Module):
             if result.loss is not None:
                 stats.loss = result.loss
             if below is not None and self.fold_every:
-                self.fold(i - 1, result.carried, result.correction)
+                self.fold_target(i - 1, self.steps, result.carried)
+                if result.correction is not None:
+                    self.fold_correction(i - 1, result.correction)
             if below is not None:
                 # M_{i-1} regresses onto the gradient carried back through f_i ([Note: bootstrapped target]).
                 sg_loss, cosine = self.train_synthesizer(i - 1, below, result.carried, updates[i - 1], cosine=diagnose)
@@ -318,8 +322,9 @@ class DecoupledSequential(nn.Module):
                 synthetic = self.synthesizers[i](out.detach(), context)  # (B, *h_i.shape), graph to M_i
                 loss_value = None
                 if fold:
-                    missing = 2 if i < len(self.stages) - 2 else 1
-                    flight = _Flight(out, inp, synthetic.detach(), missing=missing)
+                    below_top = i == len(self.stages) - 2  # module i+1 is exact: no correction comes from it
+                    flight = _Flight(self.steps, out, inp, synthetic.detach(), missing=1 if below_top else 2)
+                    flight.corrected = below_top
                     carried, correction = self._fold_backward(i, flight, keep=keep)
                 else:
                     carried = backward_through(out, to_module_grad(synthetic.detach()), below)
@@ -350,19 +355,28 @@ class DecoupledSequential(nn.Module):
         flight.leaf.grad = None
         return carried, (to_synthesizer_units(old.leaf.grad) if old is not None else None)
 
-    def fold(self, j: int, carried: Tensor, correction: Tensor | None) -> None:
-        """Module j's batches in flight receive what module j+1's backward pass carried down this step: the
-        bootstrapped target of the newest batch, if it is folded (its residual starts as carried − ĝ_j), and, when
-        module j+1 folded an older batch, that batch's further residual ([Note: folding in true gradients])."""
-        flights = self._flights[j]
-        if self.folds_now():
-            newest = flights[-1]
-            newest.residual = carried - newest.synthetic
-            newest.missing -= 1
-        if correction is not None:
-            waiting = next(f for f in flights if f.residual is not None and f.missing > 0)
-            waiting.residual = waiting.residual + correction
-            waiting.missing -= 1
+    def fold_target(self, j: int, step: int, carried: Tensor) -> None:
+        """Module j's batch of `step` receives the bootstrapped target module j+1 carried down for it: its
+        residual gains carried − ĝ_j. A batch that is not folded ignores it ([Note: folding in true gradients])."""
+        if self.fold_every and step % self.fold_every == 0:
+            flight = next(f for f in self._flights[j] if f.step == step)
+            self._add_piece(flight, carried - flight.synthetic)
+
+    def fold_correction(self, j: int, correction: Tensor) -> None:
+        """Module j receives the further residual that module j+1 carried down when it folded a batch. Module
+        j+1 folds batches in order and each exactly once, so this is the oldest batch still waiting for one."""
+        flight = next(f for f in self._flights[j] if not f.corrected)
+        flight.corrected = True
+        self._add_piece(flight, correction)
+
+    @staticmethod
+    def _add_piece(flight: _Flight, piece: Tensor) -> None:
+        flight.residual = piece if flight.residual is None else flight.residual + piece
+        flight.missing -= 1
+
+    def flights_waiting(self, j: int) -> list[int]:
+        """Steps of module j's batches in flight whose residual is not complete yet (oldest first)."""
+        return [f.step for f in self._flights[j] if f.missing > 0]
 
     def train_synthesizer(
         self, j: int, prediction: Tensor, target: Tensor, update: bool = True, *, cosine: bool = True

@@ -10,6 +10,7 @@ import dataclasses
 import json
 import logging
 import platform
+import shutil
 import statistics
 import time
 from collections.abc import Sequence
@@ -20,7 +21,7 @@ import torch
 
 from synthgrad import plots
 from synthgrad.checkpoint import write_json
-from synthgrad.config import Method, TrainConfig
+from synthgrad.config import Method, TrainConfig, paper_recipe
 from synthgrad.train import train
 
 log = logging.getLogger("synthgrad.experiments")
@@ -39,11 +40,13 @@ class Row:
     group: str
     label: str
     config: TrainConfig
+    seeds: int | None = None  # None: the suite's --seeds
 
 
 def _run(row: Row, out: Path, seeds: int, progress: bool) -> dict:
     """Train `row` once per seed (resuming finished or partial runs) and average the summaries."""
     summaries = []
+    seeds = row.seeds or seeds
     for seed in range(seeds):
         cfg = dataclasses.replace(row.config, seed=seed, out=str(out / row.group / f"{row.label}-s{seed}"))
         log.info("[%s] %s seed %d", row.group, row.label, seed)
@@ -62,13 +65,18 @@ def _run(row: Row, out: Path, seeds: int, progress: bool) -> dict:
 
 
 def _lr_text() -> str:
-    """The default learning rates, as the configs resolve them (TrainConfig.module_lr says why)."""
-    lrs = {m.value: dataclasses.replace(TrainConfig(), method=m).module_lr() for m in METHODS}
-    return (
-        "Adam; module lr "
-        + ", ".join(f"{k} {v:g}" for k, v in lrs.items())
-        + f"; synthesizer lr {TrainConfig().synthesizer_lr:g}"
-    )
+    """The default recipe of each method, as the configs resolve it (TrainConfig's methods say why)."""
+    parts = []
+    for m in METHODS:
+        cfg = dataclasses.replace(TrainConfig(), method=m)
+        text = f"{m.value}: module lr {cfg.module_lr():g}"
+        if m is not Method.BACKPROP:
+            spec = cfg.synthesizer_spec()
+            kind = spec.kind.value + (f" {spec.hidden[0]}" if spec.kind.value == "lowrank" else "")
+            text += f", {kind} synthesizers at lr {cfg.synthesizer_learning_rate():g}"
+            text += f", folding every {cfg.fold_interval()} batch(es)" if cfg.fold_interval() else ", no folding"
+        parts.append(text)
+    return "Adam; " + "; ".join(parts)
 
 
 def _history(run_dir: str) -> list[dict]:
@@ -114,15 +122,24 @@ def demo(
 
 
 # ------------------------------------------------------------------------------------------- reproduction
-def feedforward_rows(epochs: int, quick: bool, data_dir: str | None) -> list[Row]:
+FEEDFORWARD_GROUPS = ("fcn", "paper", "update_prob", "unlock", "cnn")
+
+
+def feedforward_rows(epochs: int, quick: bool, data_dir: str | None, threads: int | None = None) -> list[Row]:
     """The feed-forward suite. CNN rows and sweeps use smaller budgets on CPU; the report states them."""
     limit = 2048 if quick else None
-    base = TrainConfig(data_dir=data_dir, epochs=1 if quick else epochs, train_limit=limit)
+    base = TrainConfig(data_dir=data_dir, epochs=1 if quick else epochs, train_limit=limit, threads=threads)
     # Deepest first: the 6-layer row is the one the issue's reference measurement is about.
     rows = [
         Row("fcn", f"fcn{n}-{m.value}", dataclasses.replace(base, layers=n, method=m))
         for n in (6, 5, 4, 3)
         for m in METHODS
+    ]
+    # The paper's recipe (its synthesizers, PAPER.md §2) at the same budget, beside ours.
+    rows += [
+        Row("paper", f"fcn{n}-{m.value}-paper", dataclasses.replace(base, layers=n, **paper_recipe(m)), seeds=1)
+        for n in (6, 3, 5, 4)
+        for m in (Method.CDNI, Method.DNI)
     ]
     # MNIST CNN: conv synthesizers are ~4× the network's own compute; on 2 CPU cores the rows train on the
     # first 10k examples for at most 2 epochs, with conv synthesizers of 64 hidden 5×5 filters.
@@ -141,21 +158,22 @@ def feedforward_rows(epochs: int, quick: bool, data_dir: str | None) -> list[Row
             dataclasses.replace(
                 cnn, layers=n, method=m, synthesizer_hidden=None if m is Method.BACKPROP else cnn_synth
             ),
+            seeds=1,
         )
         for n in (3, 4)
         for m in METHODS
     ]
     # Update decoupling (PAPER.md §1): 4-layer FCN, cDNI, each module updates with probability p.
     rows += [
-        Row("update_prob", f"p{p:g}", dataclasses.replace(base, layers=4, method=Method.CDNI, update_prob=p))
+        Row("update_prob", f"p{p:g}", dataclasses.replace(base, layers=4, method=Method.CDNI, update_prob=p), seeds=1)
         for p in (1.0, 0.5, 0.2, 0.05)
     ]
     # Complete unlock: synthetic inputs and synthetic gradients, 4-layer FCN.
     rows += [
-        Row("unlock", f"unlock-{m.value}", dataclasses.replace(base, layers=4, method=m, unlock="full"))
+        Row("unlock", f"unlock-{m.value}", dataclasses.replace(base, layers=4, method=m, unlock="full"), seeds=1)
         for m in (Method.DNI, Method.CDNI)
     ]
-    order = {"fcn": 0, "update_prob": 1, "unlock": 2, "cnn": 3}  # the costly CNN rows last
+    order = {"fcn": 0, "update_prob": 1, "unlock": 2, "paper": 3, "cnn": 4}  # the costly rows last
     return sorted(rows, key=lambda r: order[r.group])
 
 
@@ -167,11 +185,15 @@ def reproduce_feedforward(
     quick: bool = False,
     progress: bool = True,
     groups: Sequence[str] | None = None,
+    threads: int | None = None,
 ) -> Path:
-    """Run the suite and write `report.md` with figures; returns the report's path."""
+    """Run the suite (or only `groups` of it) and write `report.md` with figures; returns the report's path.
+
+    Groups may run in separate processes into the same `out` (one core each); a last run of the whole suite then
+    finds every row finished and writes the complete report."""
     out_dir = Path(out)
     t0 = time.perf_counter()
-    rows = [r for r in feedforward_rows(epochs, quick, data_dir) if groups is None or r.group in groups]
+    rows = [r for r in feedforward_rows(epochs, quick, data_dir, threads) if groups is None or r.group in groups]
     results: dict[str, dict] = {}
     path = out_dir / "report.md"
     for row in rows:  # the report is rewritten after every row, so a partial suite still has one
@@ -189,6 +211,20 @@ def _cell(results: dict, label: str) -> str:
     return f"{r['test_error']:.2f}" + (f" ± {r['test_error_std']:.2f}" if r["test_error_std"] else "")
 
 
+def _goal(results: dict, n: int) -> str:
+    """Issue #5's goal for one depth: DNI and cDNI within 0.3 points of backprop (means over seeds)."""
+    bp = results.get(f"fcn{n}-backprop")
+    if bp is None:
+        return "—"
+    cells = []
+    for m in ("dni", "cdni"):
+        r = results.get(f"fcn{n}-{m}")
+        if r is not None:
+            gap = r["test_error"] - bp["test_error"]
+            cells.append(f"{m} {gap:+.2f} {'✓' if gap <= 0.3 else '✗'}")
+    return ", ".join(cells) or "—"
+
+
 def _report(results: dict, out: Path, epochs: int, seeds: int, quick: bool, elapsed: float) -> str:
     fcn_rows = [n for n in (3, 4, 5, 6) if f"fcn{n}-backprop" in results]
     lines = [
@@ -196,24 +232,29 @@ def _report(results: dict, out: Path, epochs: int, seeds: int, quick: bool, elap
         "",
         f"Budget: {'QUICK smoke run (1 epoch on 2,048 examples): numbers are not meaningful. ' if quick else ''}"
         f"FCN rows {1 if quick else epochs} epochs on all 60k training images; batch 256; {_lr_text()}; "
-        f"{seeds} seed(s) per row "
-        "(mean ± std). The paper trained "
+        f"{seeds} seed(s) per row of the FCN table (mean ± std), one seed for every other row (the paper's recipe, "
+        "update decoupling, complete unlock, CNN). The paper trained "
         "500k iterations (≈2,100 epochs) at lr 3e-5, so our numbers are at <1% of its budget.",
         f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
         f"torch {torch.__version__}; suite wall time {elapsed / 60:.1f} min.",
         'Reading of "N layers": N−1 hidden layers (Linear → BN → ReLU, 256 units) plus the output layer.',
-        "Synthesizers: DNI — MLP 2×1024 with BN (the paper's); cDNI — linear on [h, one-hot y]; last layer zero.",
+        'Our recipe (the defaults, chosen in issue #5, BENCHMARKS.md "Recipe ablation"): DNI folds every batch\'s '
+        "true gradient in as it arrives ([Note: folding in true gradients]); cDNI uses low-rank synthesizers. "
+        "The paper's recipe: its synthesizers (DNI: MLP 2×1024 with BN; cDNI: linear on [h, one-hot y]), no folding"
+        " (`paper_recipe` in synthgrad/config.py), at our budget.",
         "",
         "## MNIST FCN, test error %",
         "",
-        "| layers | Bprop (paper) | DNI (paper) | cDNI (paper) | Bprop (ours) | DNI (ours) | cDNI (ours) |",
-        "|---|---|---|---|---|---|---|",
+        "| layers | Bprop (paper) | DNI (paper) | cDNI (paper) | Bprop (ours) | DNI, paper's recipe | "
+        "cDNI, paper's recipe | DNI (ours) | cDNI (ours) | goal: ≤ Bprop + 0.3 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for n in fcn_rows:
         p = PAPER_FCN[n]
         lines.append(
             f"| {n} | {p[0]} | {p[1]} | {p[2]} | {_cell(results, f'fcn{n}-backprop')} | "
-            f"{_cell(results, f'fcn{n}-dni')} | {_cell(results, f'fcn{n}-cdni')} |"
+            f"{_cell(results, f'fcn{n}-dni-paper')} | {_cell(results, f'fcn{n}-cdni-paper')} | "
+            f"{_cell(results, f'fcn{n}-dni')} | {_cell(results, f'fcn{n}-cdni')} | {_goal(results, n)} |"
         )
     lines += [
         "",
@@ -231,6 +272,7 @@ def _report(results: dict, out: Path, epochs: int, seeds: int, quick: bool, elap
         plots.compare_runs({k: _history(v) for k, v in runs.items()}, out / f"fcn{n}.png", f"MNIST FCN {n} layers")
     if fcn_rows:
         lines += [f"![FCN {n} layers](fcn{n}.png)" for n in fcn_rows] + [""]
+        lines += _quality_section(results, out, max(fcn_rows))
     if "cnn3-backprop" in results:
         c = results["cnn3-backprop"]["config"]
         lines += [
@@ -277,6 +319,30 @@ def _report(results: dict, out: Path, epochs: int, seeds: int, quick: bool, elap
             lines.append(f"| {m} | {_cell(results, r['label'])} | {_cell(results, f'fcn4-{m}')} |")
         lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def _quality_section(results: dict, out: Path, n: int) -> list[str]:
+    """Synthesizer quality of the default recipe: cosine between ĝ and the true gradient, per cut, over training
+    (the runs' own gradient_quality.png, measured every `diagnose_every` steps on the training batch)."""
+    lines = []
+    for m in ("dni", "cdni"):
+        r = results.get(f"fcn{n}-{m}")
+        src = Path(r["runs"][0]) / "gradient_quality.png" if r else None
+        if src is None or not src.exists():
+            continue
+        if not lines:
+            lines += [
+                f"## Synthesizer quality, {n}-layer FCN, our recipe (seed 0)",
+                "",
+                "Cosine between each cut's synthetic gradient and the true gradient of the same batch, per cut, "
+                "over training (every 50 steps). With folding, DNI's modules also receive the true gradient later, so "
+                "a low cosine costs it nothing but the head start the synthetic gradient would give.",
+                "",
+            ]
+        shutil.copyfile(src, out / f"sg_quality_fcn{n}_{m}.png")
+        cos = " / ".join(f"{c:.2f}" for c in r["final_true_cosine"])
+        lines += [f"![{m} synthesizer quality](sg_quality_fcn{n}_{m}.png)", "", f"{m}: final cosine per cut {cos}", ""]
+    return lines
 
 
 def _plot_sweep(sweep: list, path: Path) -> None:

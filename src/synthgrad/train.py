@@ -58,7 +58,7 @@ def build_network(
     example = torch.zeros(2, *input_shape)
     locked = cfg.method is Method.BACKPROP
     lr = cfg.module_lr()
-    slr = cfg.synthesizer_lr or lr
+    slr = cfg.synthesizer_learning_rate()
     return decouple(
         model,
         example,

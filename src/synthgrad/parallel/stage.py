@@ -114,7 +114,7 @@ class DecoupledStage:
         with rt.timing.measure("compute"):
             result = net.module_step(k, source, y, context, updates[k], synthetic_input=synthetic_input)
         if k > 0:
-            self._send(result.carried, k - 1, TAG_TARGET)
+            self._send(self._pack_target(result.carried, result.correction), k - 1, TAG_TARGET)
         if not self.top:
             if not synthetic_input:
                 self._send(result.output.detach(), k + 1, TAG_FORWARD)
@@ -162,7 +162,11 @@ class DecoupledStage:
         while self.pending:
             p = self.pending[0]
             if self.target_work is None:
-                buf = torch.empty_like(p.h)
+                buf = (
+                    torch.empty(self._target_numel(p.h), device=p.h.device)
+                    if self.folds_above
+                    else torch.empty_like(p.h)
+                )
                 self.target_work = (rt.irecv(buf, k + 1, TAG_TARGET), buf)
             work, target = self.target_work
             if p.step < block_older_than:
@@ -172,6 +176,10 @@ class DecoupledStage:
                 break
             self.target_work = None
             self.pending.popleft()
+            if self.folds_above:
+                target = self._unpack_target(p.step, target, p.h)
+            elif net.fold_every:
+                net.fold_target(k, p.step, target)
             self.max_seen_staleness = max(self.max_seen_staleness, net.steps - p.step)
             with rt.timing.measure("compute"):
                 prediction = p.prediction
@@ -181,6 +189,33 @@ class DecoupledStage:
             self.synth_version += int(p.update)
             self.sg_loss_sum += sg_loss
             self.sg_count += 1
+
+    # ------------------------------------------------------------------ folding ([Note: folding in true gradients])
+    # With folding, the message that carries stage k+1's bootstrapped target down also carries the residual piece
+    # its backward pass produced for an older batch, so both arrive in the order they were made (and exactly one
+    # message per step, which keeps `drain` deterministic): [carried | correction or zeros | flag].
+    @property
+    def folds_above(self) -> bool:
+        """Whether the target messages this stage receives carry a fold piece (stage k+1 folds)."""
+        return self.net.fold_every > 0 and self.k + 1 < self.K - 1
+
+    def _target_numel(self, h: Tensor) -> int:
+        return 2 * h.numel() + 1
+
+    def _pack_target(self, carried: Tensor, correction: Tensor | None) -> Tensor:
+        if not (self.net.fold_every > 0 and not self.top):
+            return carried
+        flag = torch.ones(1, device=carried.device) if correction is not None else torch.zeros(1, device=carried.device)
+        piece = correction if correction is not None else torch.zeros_like(carried)
+        return torch.cat([carried.flatten(), piece.flatten(), flag])
+
+    def _unpack_target(self, step: int, buf: Tensor, h: Tensor) -> Tensor:
+        n = h.numel()
+        carried = buf[:n].view_as(h)
+        self.net.fold_target(self.k, step, carried)
+        if buf[-1].item() > 0:
+            self.net.fold_correction(self.k, buf[n : 2 * n].view_as(h))
+        return carried
 
     def drain(self) -> None:
         """Finish all outstanding work: every target received and trained on, every send completed."""
