@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from synthgrad.config import Method, TrainConfig
+from synthgrad.config import Method, TrainConfig, paper_recipe
 from synthgrad.core import one_hot_context
 from synthgrad.train import build_network
 
@@ -31,10 +31,13 @@ MODELS = {
 }
 VARIANTS = {
     "backprop": {"method": Method.BACKPROP},
-    "dni": {"method": Method.DNI},
-    "cdni": {"method": Method.CDNI},
+    "dni": {"method": Method.DNI},  # the default recipe (issue #5): folding, linear synthesizers
+    "cdni": {"method": Method.CDNI},  # the default recipe: rank-16 synthesizers
+    "dni_paper": paper_recipe(Method.DNI),  # the paper's: MLP 2x1024 synthesizers, no folding
+    "cdni_paper": paper_recipe(Method.CDNI),  # the paper's: linear synthesizers
     "cdni_unlock": {"method": Method.CDNI, "unlock": "full"},
 }
+FCN_ONLY = {"dni_paper", "cdni_paper", "cdni_unlock"}
 
 
 def time_steps(net, x, y, context, steps: int) -> float:
@@ -50,7 +53,7 @@ def bench_model(name: str, base: TrainConfig, rounds: int, steps: int, batch: in
     y = torch.randint(0, 10, (batch,), generator=gen)
     nets = {}
     for variant, overrides in VARIANTS.items():
-        if base.model == "cnn" and variant == "cdni_unlock":
+        if base.model == "cnn" and variant in FCN_ONLY:
             continue
         cfg = dataclasses.replace(base, **overrides)
         net = build_network(cfg, (1, 28, 28), 10)

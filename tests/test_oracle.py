@@ -77,8 +77,9 @@ def test_oracle_fcn_equals_backprop(layers: int, fold: bool) -> None:
     assert diff <= 1e-6
 
 
-def test_oracle_cnn_equals_backprop() -> None:
-    diff = run_equivalence(cnn((2, 8, 8), 3, layers=3, channels=4, kernel_size=3), (2, 8, 8))
+@pytest.mark.parametrize("fold", [False, True])
+def test_oracle_cnn_equals_backprop(fold: bool) -> None:
+    diff = run_equivalence(cnn((2, 8, 8), 3, layers=3, channels=4, kernel_size=3), (2, 8, 8), fold=fold)
     assert diff <= 1e-6
 
 
