@@ -37,7 +37,9 @@ the same code.
     gradient is exact and has nothing to fold. An oracle synthesizer leaves zero residuals (backprop exactly); a
     zero synthesizer makes this delayed backprop with the pipeline's delays (tests/test_fold.py).
     Cost: a second backward pass per module per step (the old batch's), and N−i stashed graphs at module i. A
-    checkpoint does not hold the batches in flight: a resumed run drops at most N−1−i residuals per module.
+    checkpoint does not hold the batches in flight: a resumed run drops at most N−1−i residuals per module. With
+    update decoupling (p < 1) a module that skips a step drops what that step would have applied, residual included.
+    In the parallel runtime the residual pieces ride on the target messages (synthgrad/parallel/stage.py).
 """
 
 from __future__ import annotations
