@@ -48,6 +48,17 @@ RECIPES: dict[str, tuple[str, dict]] = {
         "linear synthesizer + every batch's true gradient folded in",
         {"method": Method.DNI, "synthesizer": LINEAR, "lr": 1e-4, "synthesizer_lr": 1e-4, "fold_every": 1},
     ),
+    "dni-lowrank16-fold1": (
+        "the default DNI recipe: rank-16 synthesizer, every batch folded",
+        {
+            "method": Method.DNI,
+            "synthesizer": LOWRANK,
+            "synthesizer_hidden": (16,),
+            "lr": 1e-4,
+            "synthesizer_lr": 1e-4,
+            "fold_every": 1,
+        },
+    ),
     "dni-fold1-slr1e-3": (
         "as dni-fold1, synthesizer lr 1e-3",
         {"method": Method.DNI, "synthesizer": LINEAR, "lr": 1e-4, "synthesizer_lr": 1e-3, "fold_every": 1},
@@ -87,7 +98,7 @@ RECIPES: dict[str, tuple[str, dict]] = {
         },
     ),
     "cdni-lowrank16": (
-        "low-rank 16: a quarter of the synthesizer's arithmetic",
+        "the default cDNI recipe: low-rank 16, a quarter of rank 64's arithmetic",
         {
             "method": Method.CDNI,
             "synthesizer": LOWRANK,

@@ -136,16 +136,17 @@ class TrainConfig:
         return 256 if self.dataset == "mnist" else 1000
 
     def synthesizer_spec(self) -> SynthesizerSpec:
-        """The synthesizers, unless overridden: for FCNs cheap ones (BENCHMARKS.md, "Recipe ablation"): cDNI a
-        low-rank map of rank 16 plus the label term (the paper's linear one costs 4× the arithmetic for no gain
-        in 20 epochs), DNI a linear map (with folding; the paper's 2×1024 MLP is ~20× backprop's cost per step);
-        conv synthesizers for CNNs (PAPER.md §2). `paper_recipe` gives the paper's."""
+        """The synthesizers, unless overridden: for FCNs a low-rank map of rank 16 (plus the label term for
+        cDNI), conv synthesizers for CNNs (PAPER.md §2); `paper_recipe` gives the paper's. Measured (BENCHMARKS.md,
+        "Recipe ablation"): cDNI's paper synthesizer, linear, costs 4× the arithmetic for no gain in 20 epochs;
+        with folding, DNI reaches the same error with a synthesizer that never learns, so it gets the cheapest
+        (the paper's 2×1024 MLP costs ~20× backprop per step)."""
         if self.synthesizer is not None:
             kind = self.synthesizer
         elif self.model == "cnn":
             kind = SynthesizerKind.CONV
         else:
-            kind = SynthesizerKind.LOWRANK if self.method is Method.CDNI else SynthesizerKind.LINEAR
+            kind = SynthesizerKind.LOWRANK
         hidden = self.synthesizer_hidden
         if hidden is None:
             hidden = {SynthesizerKind.CONV: (128, 128), SynthesizerKind.LOWRANK: (16,)}.get(kind, (1024, 1024))

@@ -239,7 +239,7 @@ def _report(results: dict, out: Path, epochs: int, seeds: int, quick: bool, elap
         f"torch {torch.__version__}; suite wall time {elapsed / 60:.1f} min.",
         'Reading of "N layers": N−1 hidden layers (Linear → BN → ReLU, 256 units) plus the output layer.',
         'Our recipe (the defaults, chosen in issue #5, BENCHMARKS.md "Recipe ablation"): DNI folds every batch\'s '
-        "true gradient in as it arrives ([Note: folding in true gradients]); cDNI uses low-rank synthesizers. "
+        "true gradient in as it arrives ([Note: folding in true gradients]); both use rank-16 synthesizers. "
         "The paper's recipe: its synthesizers (DNI: MLP 2×1024 with BN; cDNI: linear on [h, one-hot y]), no folding"
         " (`paper_recipe` in synthgrad/config.py), at our budget.",
         "",
