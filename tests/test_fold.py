@@ -122,3 +122,19 @@ def test_folding_learns_a_linear_synthesizer_and_refuses_complete_unlock() -> No
     assert any(not torch.equal(v, net.synthesizers[0].state_dict()[k]) for k, v in synth.items())
     with pytest.raises(ValueError, match="complete unlock"):
         decouple(model, x, unlock=True, fold_every=1)
+
+
+def test_a_folded_batch_is_freed_once_its_residual_is_applied() -> None:
+    """No reference cycle keeps an old graph alive (it leaked ~9 MB per step on the 6-layer FCN once)."""
+    import weakref
+
+    torch.manual_seed(0)
+    model = fcn((1, 5, 5), 3, layers=4, width=6)
+    x, y = batches(1)[0]
+    x = x.float()
+    net = decouple(model, x, synthesizer=SynthesizerSpec(SynthesizerKind.LINEAR, ()), fold_every=1)
+    net.train_step(x, y)
+    first = weakref.ref(net._flights[0][0].output)
+    for _ in range(len(net.stages) + 1):
+        net.train_step(x, y)
+    assert first() is None  # freed by reference counting alone, without a garbage-collector pass

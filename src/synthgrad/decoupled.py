@@ -128,7 +128,9 @@ def stashed_weights(module: nn.Module) -> Iterator[None]:
 
     def pack(t: Tensor) -> Tensor:
         base = t._base if t._base is not None else t  # e.g. weight.t() saved by a matrix product
-        return t.clone() if id(base) in owned else t
+        # Anything else is saved as a detached alias: the same memory and version counter, but no reference to
+        # its grad_fn, which for a saved *output* would make a cycle the graph never leaves (a leak per step).
+        return t.clone() if id(base) in owned else t.detach()
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         yield
