@@ -243,6 +243,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         groups=groups,
         threads=args.threads,
+        report_only=args.report_only,
     )
     return 0
 
@@ -275,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--minutes-per-run", type=float, default=5.0, help="recurrent: wall-time budget of every row")
     p.add_argument("--samples-per-run", type=_positive_int, help="recurrent: a budget in samples instead")
     p.add_argument("--threads", type=_positive_int, help="torch threads per run (default: all cores)")
+    p.add_argument("--report-only", action="store_true", help="feedforward: write the report from finished runs only")
     p.add_argument(
         "--groups", help="feedforward: only these groups of rows, e.g. fcn,paper (fcn, paper, update_prob, unlock, cnn)"
     )

@@ -43,12 +43,19 @@ class Row:
     seeds: int | None = None  # None: the suite's --seeds
 
 
-def _run(row: Row, out: Path, seeds: int, progress: bool) -> dict:
-    """Train `row` once per seed (resuming finished or partial runs) and average the summaries."""
+def _run(row: Row, out: Path, seeds: int, progress: bool, report_only: bool = False) -> dict | None:
+    """Train `row` once per seed (resuming finished or partial runs) and average the summaries. With
+    `report_only`, read the finished runs and train nothing: None if a seed has not finished."""
     summaries = []
     seeds = row.seeds or seeds
     for seed in range(seeds):
         cfg = dataclasses.replace(row.config, seed=seed, out=str(out / row.group / f"{row.label}-s{seed}"))
+        if report_only:
+            done = Path(cfg.out) / "summary.json"
+            if not done.exists():
+                return None
+            summaries.append(json.loads(done.read_text()))
+            continue
         log.info("[%s] %s seed %d", row.group, row.label, seed)
         summaries.append(train(cfg, resume=True, progress=progress))
     errors = [s["test_error"] for s in summaries]
@@ -59,6 +66,7 @@ def _run(row: Row, out: Path, seeds: int, progress: bool) -> dict:
         "test_error": statistics.mean(errors),
         "test_error_std": statistics.stdev(errors) if len(errors) > 1 else 0.0,
         "time_per_epoch_s": statistics.mean(s["time_per_epoch_s"] for s in summaries),
+        "wall_time_s": sum(s["wall_time_s"] for s in summaries),
         "final_true_cosine": summaries[0]["final_true_cosine"],
         "runs": [str(out / row.group / f"{row.label}-s{s}") for s in range(seeds)],
     }
@@ -186,18 +194,23 @@ def reproduce_feedforward(
     progress: bool = True,
     groups: Sequence[str] | None = None,
     threads: int | None = None,
+    report_only: bool = False,
 ) -> Path:
     """Run the suite (or only `groups` of it) and write `report.md` with figures; returns the report's path.
 
     Groups may run in separate processes into the same `out` (one core each); a last run of the whole suite then
-    finds every row finished and writes the complete report."""
+    finds every row finished and writes the complete report; `report_only` writes it from the finished rows
+    without training anything."""
     out_dir = Path(out)
     t0 = time.perf_counter()
     rows = [r for r in feedforward_rows(epochs, quick, data_dir, threads) if groups is None or r.group in groups]
     results: dict[str, dict] = {}
     path = out_dir / "report.md"
     for row in rows:  # the report is rewritten after every row, so a partial suite still has one
-        results[row.label] = _run(row, out_dir, seeds, progress)
+        result = _run(row, out_dir, seeds, progress, report_only)
+        if result is None:
+            continue
+        results[row.label] = result
         write_json(out_dir / "results.json", results)
         path.write_text(_report(results, out_dir, epochs, seeds, quick, time.perf_counter() - t0))
     print(f"report: {path}")
@@ -209,6 +222,23 @@ def _cell(results: dict, label: str) -> str:
     if r is None:
         return "—"
     return f"{r['test_error']:.2f}" + (f" ± {r['test_error_std']:.2f}" if r["test_error_std"] else "")
+
+
+def _threads_text(results: dict) -> str:
+    threads = {r["config"].get("threads") for r in results.values()}
+    if threads == {1}:
+        return "one thread per run (runs pinned to a core each, two at a time on the 2-core machine)"
+    return f"threads per run: {', '.join(str(t or 'all') for t in sorted(threads, key=str))}"
+
+
+def _time_ratio(results: dict, n: int) -> str:
+    bp = results.get(f"fcn{n}-backprop")
+    cells = []
+    for m in ("dni", "cdni"):
+        r = results.get(f"fcn{n}-{m}")
+        if bp is not None and r is not None:
+            cells.append(f"{r['time_per_epoch_s'] / bp['time_per_epoch_s']:.2f}")
+    return ", ".join(cells) or "—"
 
 
 def _goal(results: dict, n: int) -> str:
@@ -235,8 +265,9 @@ def _report(results: dict, out: Path, epochs: int, seeds: int, quick: bool, elap
         f"{seeds} seed(s) per row of the FCN table (mean ± std), one seed for every other row (the paper's recipe, "
         "update decoupling, complete unlock, CNN). The paper trained "
         "500k iterations (≈2,100 epochs) at lr 3e-5, so our numbers are at <1% of its budget.",
-        f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-        f"torch {torch.__version__}; suite wall time {elapsed / 60:.1f} min.",
+        f"Machine: {platform.processor() or platform.machine()}, "
+        f"torch {torch.__version__}; {_threads_text(results)}; training time summed over the runs "
+        f"{sum(r.get('wall_time_s', 0.0) for r in results.values()) / 60:.0f} min.",
         'Reading of "N layers": N−1 hidden layers (Linear → BN → ReLU, 256 units) plus the output layer.',
         'Our recipe (the defaults, chosen in issue #5, BENCHMARKS.md "Recipe ablation"): DNI folds every batch\'s '
         "true gradient in as it arrives ([Note: folding in true gradients]); both use rank-16 synthesizers. "
@@ -246,15 +277,17 @@ def _report(results: dict, out: Path, epochs: int, seeds: int, quick: bool, elap
         "## MNIST FCN, test error %",
         "",
         "| layers | Bprop (paper) | DNI (paper) | cDNI (paper) | Bprop (ours) | DNI, paper's recipe | "
-        "cDNI, paper's recipe | DNI (ours) | cDNI (ours) | goal: ≤ Bprop + 0.3 |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "cDNI, paper's recipe | DNI (ours) | cDNI (ours) | goal: ≤ Bprop + 0.3 | "
+        "time/epoch × Bprop: DNI, cDNI (ours) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for n in fcn_rows:
         p = PAPER_FCN[n]
         lines.append(
             f"| {n} | {p[0]} | {p[1]} | {p[2]} | {_cell(results, f'fcn{n}-backprop')} | "
             f"{_cell(results, f'fcn{n}-dni-paper')} | {_cell(results, f'fcn{n}-cdni-paper')} | "
-            f"{_cell(results, f'fcn{n}-dni')} | {_cell(results, f'fcn{n}-cdni')} | {_goal(results, n)} |"
+            f"{_cell(results, f'fcn{n}-dni')} | {_cell(results, f'fcn{n}-cdni')} | {_goal(results, n)} | "
+            f"{_time_ratio(results, n)} |"
         )
     lines += [
         "",
@@ -263,8 +296,9 @@ def _report(results: dict, out: Path, epochs: int, seeds: int, quick: bool, elap
         f"Reference (issue #2): a straightforward implementation of the paper's recipe, 6 layers, 10 epochs: "
         f"backprop {REFERENCE_10_EPOCHS['backprop']}%, cDNI {REFERENCE_10_EPOCHS['cdni']}%, "
         f"DNI {REFERENCE_10_EPOCHS['dni']}%.",
-        "Cost per step of each method, measured side by side on a quiet machine: BENCHMARKS.md (the suite's own "
-        "epoch times are not comparable: other work shared the machine).",
+        "Time per epoch (training steps plus the test evaluation) is the mean over seeds, each run on its own "
+        "core with one thread, the other core busy with other runs; per-step costs measured side by side are in "
+        "BENCHMARKS.md.",
         "",
     ]
     for n in fcn_rows:
