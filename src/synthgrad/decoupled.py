@@ -327,8 +327,9 @@ class DecoupledSequential(nn.Module):
                 loss_value = None
                 if fold:
                     below_top = i == len(self.stages) - 2  # module i+1 is exact: no correction comes from it
-                    flight = _Flight(self.steps, out, inp, synthetic.detach(), missing=1 if below_top else 2)
-                    flight.corrected = below_top
+                    flight = _Flight(
+                        self.steps, out, inp, synthetic.detach(), missing=1 if below_top else 2, corrected=below_top
+                    )
                     carried, correction = self._fold_backward(i, flight, keep=keep)
                 else:
                     carried = backward_through(out, to_module_grad(synthetic.detach()), below)
@@ -377,10 +378,6 @@ class DecoupledSequential(nn.Module):
     def _add_piece(flight: _Flight, piece: Tensor) -> None:
         flight.residual = piece if flight.residual is None else flight.residual + piece
         flight.missing -= 1
-
-    def flights_waiting(self, j: int) -> list[int]:
-        """Steps of module j's batches in flight whose residual is not complete yet (oldest first)."""
-        return [f.step for f in self._flights[j] if f.missing > 0]
 
     def train_synthesizer(
         self, j: int, prediction: Tensor, target: Tensor, update: bool = True, *, cosine: bool = True
