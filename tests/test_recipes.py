@@ -23,7 +23,9 @@ def test_default_recipe() -> None:
         0, SynthesizerKind.LOWRANK, (16,),
     )  # fmt: skip
     assert cdni.synthesizer_learning_rate() == 1e-3
-    assert TrainConfig(method=Method.DNI, unlock="full").fold_interval() == 0  # folding needs real inputs
+    unlocked = TrainConfig(method=Method.DNI, unlock="full")  # folding needs real inputs: the paper's recipe
+    assert unlocked.fold_interval() == 0 and unlocked.synthesizer_spec().kind is SynthesizerKind.MLP
+    assert (unlocked.module_lr(), unlocked.synthesizer_learning_rate()) == (3e-5, 1e-3)
 
 
 def test_paper_recipe_is_the_papers_synthesizers_without_folding() -> None:

@@ -102,7 +102,11 @@ class TrainConfig:
         """
         if self.lr is not None:
             return self.lr
-        return 1e-4
+        return 3e-5 if self._dni_without_folding() else 1e-4
+
+    def _dni_without_folding(self) -> bool:
+        """DNI where folding cannot work (complete unlock) or is turned off: the paper's recipe is its best."""
+        return self.method is Method.DNI and self.fold_interval() == 0
 
     def synthesizer_learning_rate(self) -> float:
         """The synthesizers' Adam learning rate: `synthesizer_lr`, else the method's default.
@@ -114,7 +118,7 @@ class TrainConfig:
         """
         if self.synthesizer_lr is not None:
             return self.synthesizer_lr
-        return 1e-4 if self.method is Method.DNI else 1e-3
+        return 1e-4 if self.method is Method.DNI and not self._dni_without_folding() else 1e-3
 
     def fold_interval(self) -> int:
         """Every how many batches a true gradient is folded in (0: never): `fold_every`, else the method's.
@@ -145,6 +149,8 @@ class TrainConfig:
             kind = self.synthesizer
         elif self.model == "cnn":
             kind = SynthesizerKind.CONV
+        elif self._dni_without_folding():
+            kind = SynthesizerKind.MLP  # without folding DNI needs the paper's synthesizer: 9.8% with a linear one
         else:
             kind = SynthesizerKind.LOWRANK
         hidden = self.synthesizer_hidden
