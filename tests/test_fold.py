@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import copy
+import weakref
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from synthgrad.decoupled import decouple
+from synthgrad.decoupled import DecoupledSequential, decouple
 from synthgrad.models import fcn
 from synthgrad.synthesizers import SynthesizerKind, SynthesizerSpec
 
@@ -25,6 +26,16 @@ def batches(n: int, seed: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
         (torch.randn(8, 1, 5, 5, generator=gen, dtype=torch.float64), torch.randint(0, 3, (8,), generator=gen))
         for _ in range(n)
     ]
+
+
+def folding_net(layers: int) -> tuple[nn.Module, DecoupledSequential, torch.Tensor, torch.Tensor]:
+    """A small float FCN with linear synthesizers, folding every batch, and one batch for it."""
+    torch.manual_seed(0)
+    model = fcn((1, 5, 5), 3, layers=layers, width=6)
+    x, y = batches(1)[0]
+    x = x.float()
+    net = decouple(model, x, synthesizer=SynthesizerSpec(SynthesizerKind.LINEAR, ()), fold_every=1)
+    return model, net, x, y
 
 
 @pytest.mark.parametrize("every", [1, 2, 3])
@@ -82,11 +93,7 @@ def test_folding_without_it_lower_modules_never_move_with_a_zero_synthesizer() -
 
 def test_folding_keeps_modules_update_unlocked() -> None:
     """f_i has already stepped when f_{i+1} starts its forward pass, with folding as without."""
-    torch.manual_seed(0)
-    model = fcn((1, 5, 5), 3, layers=4, width=6)
-    x, y = batches(1)[0]
-    x = x.float()
-    net = decouple(model, x, synthesizer=SynthesizerSpec(SynthesizerKind.LINEAR, ()), fold_every=1)
+    model, net, x, y = folding_net(layers=4)
     with torch.no_grad():  # non-zero synthetic gradients from the first step
         for p in net.synthesizers.parameters():
             p.normal_()
@@ -110,11 +117,7 @@ def test_folding_keeps_modules_update_unlocked() -> None:
 
 
 def test_folding_learns_a_linear_synthesizer_and_refuses_complete_unlock() -> None:
-    torch.manual_seed(0)
-    model = fcn((1, 5, 5), 3, layers=3, width=6)
-    x, y = batches(1)[0]
-    x = x.float()
-    net = decouple(model, x, synthesizer=SynthesizerSpec(SynthesizerKind.LINEAR, ()), fold_every=1)
+    model, net, x, y = folding_net(layers=3)
     synth = copy.deepcopy(net.synthesizers[0].state_dict())
     for _ in range(3):
         stats = net.train_step(x, y)
@@ -126,13 +129,7 @@ def test_folding_learns_a_linear_synthesizer_and_refuses_complete_unlock() -> No
 
 def test_a_folded_batch_is_freed_once_its_residual_is_applied() -> None:
     """No reference cycle keeps an old graph alive (it leaked ~9 MB per step on the 6-layer FCN once)."""
-    import weakref
-
-    torch.manual_seed(0)
-    model = fcn((1, 5, 5), 3, layers=4, width=6)
-    x, y = batches(1)[0]
-    x = x.float()
-    net = decouple(model, x, synthesizer=SynthesizerSpec(SynthesizerKind.LINEAR, ()), fold_every=1)
+    model, net, x, y = folding_net(layers=4)
     net.train_step(x, y)
     first = weakref.ref(net._flights[0][0].output)
     for _ in range(len(net.stages) + 1):

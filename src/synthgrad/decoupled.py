@@ -98,8 +98,13 @@ class _Flight:
     output: Tensor  # h_i, with graph (and stashed weights, see `stashed_weights`) to θ_i and the input leaf
     leaf: Tensor  # the detached input it was applied to
     synthetic: Tensor | None = None  # ĝ_i (detached, synthesizer units) that module i already applied
-    missing: int = 2  # pieces of the residual still to come from above (1 when module i+1 is the top)
+    targeted: bool = False  # whether module i+1's bootstrapped target for this batch has come
     corrected: bool = False  # whether the piece from module i+1's own folding has come (or none will)
+
+    @property
+    def complete(self) -> bool:
+        return self.targeted and self.corrected
+
     residual: Tensor | None = None  # true ∂ℓ/∂h_i − ĝ_i as pieces arrive from above (synthesizer units)
 
 
@@ -327,9 +332,7 @@ class DecoupledSequential(nn.Module):
                 loss_value = None
                 if fold:
                     below_top = i == len(self.stages) - 2  # module i+1 is exact: no correction comes from it
-                    flight = _Flight(
-                        self.steps, out, inp, synthetic.detach(), missing=1 if below_top else 2, corrected=below_top
-                    )
+                    flight = _Flight(self.steps, out, inp, synthetic.detach(), corrected=below_top)
                     carried, correction = self._fold_backward(i, flight, keep=keep)
                 else:
                     carried = backward_through(out, to_module_grad(synthetic.detach()), below)
@@ -346,7 +349,7 @@ class DecoupledSequential(nn.Module):
         stashed weights) of that batch's own forward pass; both land in the parameters' `.grad`. Returns
         (carried, correction), see `ModuleStep`."""
         flights = self._flights[i]
-        old = flights.popleft() if flights and flights[0].missing == 0 else None
+        old = flights.popleft() if flights and flights[0].complete else None
         outputs, grads = [flight.output], [to_module_grad(flight.synthetic)]
         if old is not None:
             outputs.append(old.output)
@@ -365,6 +368,7 @@ class DecoupledSequential(nn.Module):
         residual gains carried − ĝ_j. A batch that is not folded ignores it ([Note: folding in true gradients])."""
         if self.fold_every and step % self.fold_every == 0:
             flight = next(f for f in self._flights[j] if f.step == step)
+            flight.targeted = True
             self._add_piece(flight, carried - flight.synthetic)
 
     def fold_correction(self, j: int, correction: Tensor) -> None:
@@ -377,7 +381,6 @@ class DecoupledSequential(nn.Module):
     @staticmethod
     def _add_piece(flight: _Flight, piece: Tensor) -> None:
         flight.residual = piece if flight.residual is None else flight.residual + piece
-        flight.missing -= 1
 
     def train_synthesizer(
         self, j: int, prediction: Tensor, target: Tensor, update: bool = True, *, cosine: bool = True
