@@ -135,3 +135,33 @@ def test_a_folded_batch_is_freed_once_its_residual_is_applied() -> None:
     for _ in range(len(net.stages) + 1):
         net.train_step(x, y)
     assert first() is None  # freed by reference counting alone, without a garbage-collector pass
+
+
+@pytest.mark.parametrize("every", [1, 2])
+def test_what_comes_down_is_the_true_gradient_of_the_folded_batch(every: int) -> None:
+    """Each cut receives ∂ℓ_s/∂h_s of its folded batches, in order, as backprop computes it with the weights
+    batch s saw; that is what its synthesizer regresses onto and what is folded into the module."""
+    torch.manual_seed(0)
+    model = fcn((1, 5, 5), 3, layers=4, width=6).double()
+    data = batches(8)
+    net = decouple(model, data[0][0], synthesizer=SynthesizerSpec(SynthesizerKind.LINEAR, ()), fold_every=every)
+    net.double()
+    received: dict[int, list[torch.Tensor]] = {j: [] for j in range(len(net.synthesizers))}
+    receive = net.receive_true_gradient
+
+    def record(j, true, *args):
+        if true is not None:
+            received[j].append(true.detach().clone())
+        return receive(j, true, *args)
+
+    net.receive_true_gradient = record
+    expected = []
+    for t, (x, y) in enumerate(data):
+        if t % every == 0:
+            expected.append(net.true_gradients(x, y))  # the weights batch t sees, batch-norm statistics untouched
+        net.train_step(x, y)
+    n = len(net.stages)
+    for j, got in received.items():
+        assert len(got) == len(expected) - max(0, (n - 2 - j) // every), f"cut {j} received {len(got)}"
+        for s, g in enumerate(got):
+            assert torch.allclose(g, expected[s][j], atol=1e-10), f"cut {j}, folded batch {s}"

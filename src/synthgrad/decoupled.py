@@ -9,6 +9,8 @@ gradient synthesizer M_i on every cut (the output of f_i for i < N). One `train_
     θ_i ← opt_i(θ_i, (∂h_i/∂θ_i)ᵀ ĝ_i / B)    update at once: f_{i+1} has not even run forward yet
     M_{i-1} regresses onto (∂h_i/∂h_{i-1})ᵀ ĝ_i  (bootstrapped target, from the same backward pass)
 
+(with folding, M_{i-1} regresses onto true gradients instead: [Note: folding in true gradients])
+
 and the top module uses the true loss. With `update_prob = p < 1` each module (with its synthesizer) updates
 with probability p after its forward pass (the update-decoupling experiment). With `input_synthesizers`
 modules above the first train on a synthetic input I_i(x) instead of the real h_{i-1} (complete unlock); the
@@ -18,28 +20,30 @@ A `DecoupledSequential` with a single module and no synthesizer is plain backpro
 the same code.
 
 [Note: folding in true gradients]
-    An unconditioned synthesizer can at best predict E[∂ℓ/∂h | h]; once the layers above are calibrated that
-    expectation tends to zero (the label is what the gradient is about), so plain DNI starves the lower modules
-    of signal and degrades with depth (PAPER.md §3, §8). The true gradient of a batch does reach module i — just
-    later: in a pipeline it arrives N−1−i steps after module i's forward pass, once every module above has run
-    that batch. Folding uses it without waiting for it:
+    An unconditioned synthesizer can at best predict E[∂ℓ/∂h | h], which tends to zero once the layers above are
+    calibrated (the label is what the gradient is about), so plain DNI starves the lower modules of signal and
+    degrades with depth (PAPER.md §3, §8). The true gradient of a batch does reach module i, just later: in a
+    pipeline it arrives N−1−i steps after module i's forward pass, once every module above has run that batch.
+    Folding uses it without waiting for it. With `fold_every = k`, every k-th batch s is *folded*: module i keeps
+    its graph (with the weights it used, stashed as PipeDream stashes them) until g_{i,s} = ∂ℓ_s/∂h_{i,s} arrives
+    from above, and then, in the backward pass of a later step,
 
-        step t:       θ_i ← opt(θ_i, J_{i,t}ᵀ ĝ_{i,t} + J_{i,s}ᵀ r_{i,s}),   s = t − (N−1−i)
-        r_{i,s}  =    ∂ℓ_s/∂h_{i,s} − ĝ_{i,s}                            (the residual of batch s)
+        θ_i   gets   J_{i,s}ᵀ (g_{i,s} − ĝ_{i,s})        the residual: batch s now contributes its true gradient
+        f_{i-1} gets  g_{i-1,s} = J_{i,s}ᵀ g_{i,s}        sent down: the true gradient one module lower
+        M_i   regresses M_i(h_{i,s}) onto g_{i,s}          the synthesizer's target is the true gradient
 
-    where J_{i,s} is module i's Jacobian *at the parameters and activations of batch s's own forward pass*
-    (stashed, as PipeDream stashes weights), so summed over time every batch contributes exactly its true
-    gradient, part of it early (the synthetic gradient) and the rest as soon as it is known. Modules stay
-    update-unlocked: nothing waits, the residual is of an older batch. The residual arrives in pieces, each a
-    by-product of a backward pass that runs anyway: when module i+1 runs batch s it carries (∂h_{i+1}/∂h_i)ᵀ ĝ_{i+1}
-    down (the bootstrapped target), so r_{i,s} starts as that minus ĝ_{i,s}; when module i+1 later folds its own
-    residual r_{i+1,s} it carries J_{i+1,s}ᵀ r_{i+1,s} down too, which completes r_{i,s}. The top module's
-    gradient is exact and has nothing to fold. An oracle synthesizer leaves zero residuals (backprop exactly); a
-    zero synthesizer makes this delayed backprop with the pipeline's delays (tests/test_fold.py).
-    Cost: a second backward pass per module per step (the old batch's), and N−i stashed graphs at module i. A
-    checkpoint does not hold the batches in flight: a resumed run drops at most N−1−i residuals per module. With
-    update decoupling (p < 1) a module that skips a step drops what that step would have applied, residual included.
-    In the parallel runtime the residual pieces ride on the target messages (synthgrad/parallel/stage.py).
+    where J_{i,s} is module i's Jacobian at batch s's own activations and weights. Summed over time a folded batch
+    contributes exactly its true gradient, part of it early (ĝ) and the rest as soon as it is known; an oracle
+    synthesizer leaves zero residuals (backprop exactly), a zero synthesizer makes this delayed backprop with the
+    pipeline's delays (tests/test_fold.py). Modules stay update-unlocked: nothing waits, the residual is of an
+    older batch. The top module is exact: its backward pass produces g_{N-2,s} of a folded batch at once.
+    With folding the synthesizers train on these true gradients instead of bootstrapped targets, so no backward
+    pass computes (∂h_i/∂h_{i-1})ᵀ ĝ_i: a batch that is not folded costs module i the weight gradient of ĝ only,
+    less than a backprop step, and a folded batch one more pass over its stashed graph. Cost and accuracy of every
+    k: BENCHMARKS.md, "Recipe ablation". A checkpoint does not hold the batches in flight: a resumed run drops at
+    most N−1−i of them per module. With update decoupling (p < 1) a module that skips a step drops what that step
+    would have applied, residual included. In the parallel runtime g_{i,s} rides on the target message
+    (synthgrad/parallel/stage.py).
 """
 
 from __future__ import annotations
@@ -70,7 +74,7 @@ class StepStats:
     """What one training step measured. Lists are indexed by cut (module i's output), length N−1."""
 
     loss: float
-    sg_loss: list[float] = field(default_factory=list)
+    sg_loss: list[float] = field(default_factory=list)  # NaN where a folding cut received nothing this step
     target_cosine: list[float] = field(default_factory=list)  # cos(ĝ_i, bootstrapped target), only when diagnosed
     true_cosine: list[float] | None = None  # cos(ĝ_i, true ∂ℓ/∂h_i), only when diagnosed
     input_loss: list[float] = field(default_factory=list)  # complete unlock: L2 of I_i(x) vs real h_{i-1}
@@ -81,13 +85,15 @@ class StepStats:
 class ModuleStep:
     """What one module's share of a step produced."""
 
-    carried: Tensor | None  # (∂h_i/∂h_{i-1})ᵀ ĝ_i in synthesizer units: the target of M_{i-1}; None for i = 0
-    synthetic: Tensor | None  # ĝ_i = M_i(h_i, c), with graph to M_i; None at the top
+    # (∂h_i/∂h_{i-1})ᵀ ĝ_i in synthesizer units: the bootstrapped target of M_{i-1}. None for i = 0, and with
+    # folding, where synthesizers train on true gradients instead (`true_below`).
+    carried: Tensor | None
+    synthetic: Tensor | None  # ĝ_i = M_i(h_i, c) (with graph to M_i unless folding); None at the top
     output: Tensor  # h_i
     loss: float | None  # the task loss, at the top module only
-    # Folding ([Note: folding in true gradients]): the residual of an older batch carried back through f_i, in
-    # synthesizer units, for module i−1's record of that batch; None when nothing was folded this step.
-    correction: Tensor | None = None
+    # Folding ([Note: folding in true gradients]): g_{i-1,s}, the true gradient (synthesizer units) of the oldest
+    # batch module i−1 has in flight, carried down by this step's fold; None when nothing was folded this step.
+    true_below: Tensor | None = None
 
 
 @dataclass
@@ -97,15 +103,10 @@ class _Flight:
     step: int  # the step that ran this batch forward
     output: Tensor  # h_i, with graph (and stashed weights, see `stashed_weights`) to θ_i and the input leaf
     leaf: Tensor  # the detached input it was applied to
-    synthetic: Tensor | None = None  # ĝ_i (detached, synthesizer units) that module i already applied
-    targeted: bool = False  # whether module i+1's bootstrapped target for this batch has come
-    corrected: bool = False  # whether the piece from module i+1's own folding has come (or none will)
-
-    @property
-    def complete(self) -> bool:
-        return self.targeted and self.corrected
-
-    residual: Tensor | None = None  # true ∂ℓ/∂h_i − ĝ_i as pieces arrive from above (synthesizer units)
+    synthetic: Tensor  # ĝ_i (detached, synthesizer units) that module i already applied
+    context: Tensor | None  # the synthesizer context of the batch, for M_i's regression onto `true`
+    applied: list[Tensor] = field(default_factory=list)  # the weight gradient of ĝ_i module i applied (per param)
+    true: Tensor | None = None  # g_{i,s} = ∂ℓ_s/∂h_i (synthesizer units), once it has arrived from above
 
 
 @contextlib.contextmanager
@@ -139,6 +140,16 @@ def stashed_weights(module: nn.Module) -> Iterator[None]:
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         yield
+
+
+def _accumulate_grads(params: Sequence[nn.Parameter], grads: Sequence[Tensor]) -> None:
+    """p.grad += g for each pair, as autograd would accumulate it (a fresh `.grad` is a copy, never an alias)."""
+    with torch.no_grad():
+        for p, g in zip(params, grads, strict=True):
+            if p.grad is None:
+                p.grad = g.clone()
+            else:
+                p.grad += g
 
 
 def adam(lr: float) -> OptimizerFactory:
@@ -281,13 +292,13 @@ class DecoupledSequential(nn.Module):
                 real_out = result.output
             if result.loss is not None:
                 stats.loss = result.loss
-            if below is not None and self.fold_every:
-                self.fold_target(i - 1, self.steps, result.carried)
-                if result.correction is not None:
-                    self.fold_correction(i - 1, result.correction)
             if below is not None:
-                # M_{i-1} regresses onto the gradient carried back through f_i ([Note: bootstrapped target]).
-                sg_loss, cosine = self.train_synthesizer(i - 1, below, result.carried, updates[i - 1], cosine=diagnose)
+                if self.fold_every:  # M_{i-1} regresses onto a true gradient, when one has come down
+                    sg_loss, cosine = self.receive_true_gradient(i - 1, result.true_below, updates[i - 1], diagnose)
+                else:  # onto the gradient carried back through f_i ([Note: bootstrapped target])
+                    sg_loss, cosine = self.train_synthesizer(
+                        i - 1, below, result.carried, updates[i - 1], cosine=diagnose
+                    )
                 stats.sg_loss.append(sg_loss)
                 if diagnose:
                     stats.target_cosine.append(cosine)
@@ -312,75 +323,90 @@ class DecoupledSequential(nn.Module):
         gradient of its output (or the true loss at the top), and update at once if `update`.
 
         With `synthetic_input` (complete unlock) batch-norm statistics are left as they were: they describe
-        real inputs, which is what evaluation sees. With folding, the same backward pass also carries the
-        residual of the batch whose true gradient has just become complete ([Note: folding in true gradients]).
+        real inputs, which is what evaluation sees. With folding, the same step also folds in the true gradient
+        of the oldest batch whose true gradient has arrived ([Note: folding in true gradients]).
         """
-        inp = source.detach().requires_grad_(i > 0)
         top = i == len(self.stages) - 1
-        fold = not top and self.fold_every > 0
-        keep = fold and self.folds_now()  # this batch's graph stays until its residual is complete
+        folding = self.fold_every > 0
+        keep = folding and self.folds_now()  # this batch is folded: its graph stays until its true gradient comes
+        # Only the bootstrapped target and a folded batch's true gradient need ∂/∂input.
+        inp = source.detach().requires_grad_(i > 0 and (keep or not folding))
+        below = inp if inp.requires_grad else None
         with frozen_buffers(self.stages[i]) if synthetic_input else contextlib.nullcontext():
-            with stashed_weights(self.stages[i]) if keep else contextlib.nullcontext():
+            with stashed_weights(self.stages[i]) if keep and not top else contextlib.nullcontext():
                 out = self.stages[i](inp)  # the buffers stay frozen until after backward, which reads them
-            below = inp if i > 0 else None
-            correction = None
+            true_below = None
             if top:
                 loss = self.loss_fn(out, target)
                 carried, synthetic, loss_value = backward_through(loss, None, below), None, loss.item()
+                if folding:  # the top module is exact: the true gradient of a folded batch goes down at once
+                    carried, true_below = None, carried
+            elif folding:
+                with torch.no_grad():  # M_i trains later, on the true gradient, from a fresh prediction
+                    synthetic = self.synthesizers[i](out.detach(), context)
+                carried, loss_value = None, None
+                true_below = self._fold_backward(i, _Flight(self.steps, out, inp, synthetic, context), keep=keep)
             else:
                 synthetic = self.synthesizers[i](out.detach(), context)  # (B, *h_i.shape), graph to M_i
+                carried = backward_through(out, to_module_grad(synthetic.detach()), below)
                 loss_value = None
-                if fold:
-                    below_top = i == len(self.stages) - 2  # module i+1 is exact: no correction comes from it
-                    flight = _Flight(self.steps, out, inp, synthetic.detach(), corrected=below_top)
-                    carried, correction = self._fold_backward(i, flight, keep=keep)
-                else:
-                    carried = backward_through(out, to_module_grad(synthetic.detach()), below)
         self._step(self.optimizers[i], update)
-        return ModuleStep(carried=carried, synthetic=synthetic, output=out, loss=loss_value, correction=correction)
+        return ModuleStep(carried=carried, synthetic=synthetic, output=out, loss=loss_value, true_below=true_below)
 
     def folds_now(self) -> bool:
         """Whether this step's batch is one whose true gradient gets folded in."""
         return self.fold_every > 0 and self.steps % self.fold_every == 0
 
-    def _fold_backward(self, i: int, flight: _Flight, *, keep: bool) -> tuple[Tensor | None, Tensor | None]:
-        """Module i's backward pass with folding: ĝ_i of this batch (kept in flight if its true gradient is to be
-        folded in later), plus the completed residual of the oldest batch in flight, through the graph (and the
-        stashed weights) of that batch's own forward pass; both land in the parameters' `.grad`. Returns
-        (carried, correction), see `ModuleStep`."""
+    def _fold_backward(self, i: int, flight: _Flight, *, keep: bool) -> Tensor | None:
+        """Module i's backward pass with folding: the weight gradient of ĝ_i for this batch, plus the residual of
+        the oldest batch whose true gradient has arrived, through the graph and the stashed weights of that
+        batch's own forward pass; both land in the parameters' `.grad`. Returns the true gradient that batch
+        carries down (synthesizer units), or None.
+
+        The residual's weight gradient is taken as J_sᵀ g_s − (the J_sᵀ ĝ_s applied at step s, kept): the one
+        pass over the old graph that carries g_s down gives it too, instead of a second pass for g_s − ĝ_s."""
         flights = self._flights[i]
-        old = flights.popleft() if flights and flights[0].complete else None
-        outputs, grads = [flight.output], [to_module_grad(flight.synthetic)]
+        old = flights.popleft() if flights and flights[0].true is not None else None
+        params = [p for p in self.stages[i].parameters() if p.requires_grad]
+        outputs, grads, inputs = [], [], list(params)
+        if keep:  # this batch's ĝ weight gradient is kept, to be taken back out when its true gradient comes
+            if params:
+                flight.applied = list(
+                    torch.autograd.grad(flight.output, params, to_module_grad(flight.synthetic), retain_graph=True)
+                )
+                _accumulate_grads(params, flight.applied)
+            flights.append(flight)
+        else:
+            outputs.append(flight.output)
+            grads.append(to_module_grad(flight.synthetic))
         if old is not None:
             outputs.append(old.output)
-            grads.append(to_module_grad(old.residual))
-        torch.autograd.backward(outputs, grads, retain_graph=keep)  # a kept batch's graph is walked again later
-        if keep:
-            flights.append(flight)
+            grads.append(to_module_grad(old.true))
+            if i > 0:
+                inputs.append(old.leaf)
+        if outputs and inputs:
+            torch.autograd.backward(outputs, grads, inputs=inputs)
+        if old is None:
+            return None
+        _accumulate_grads(params, [-g for g in old.applied])
         if i == 0:
-            return None, None
-        carried = to_synthesizer_units(flight.leaf.grad)
-        flight.leaf.grad = None
-        return carried, (to_synthesizer_units(old.leaf.grad) if old is not None else None)
+            return None
+        true_below, old.leaf.grad = old.leaf.grad, None
+        return to_synthesizer_units(true_below)
 
-    def fold_target(self, j: int, step: int, carried: Tensor) -> None:
-        """Module j's batch of `step` receives the bootstrapped target module j+1 carried down for it: its
-        residual gains carried − ĝ_j. A batch that is not folded ignores it ([Note: folding in true gradients])."""
-        if self.fold_every and step % self.fold_every == 0:
-            flight = next(f for f in self._flights[j] if f.step == step)
-            flight.targeted = True
-            self._add_piece(flight, carried - flight.synthetic)
-
-    def fold_correction(self, j: int, correction: Tensor) -> None:
-        """Module j receives the further residual that module j+1 carried down when it folded a batch. Module
-        j+1 folds batches in order and each exactly once, so this is the oldest batch still waiting for one."""
-        flight = next(f for f in self._flights[j] if not f.corrected)
-        flight.corrected = True
-        self._add_piece(flight, correction)
-
-    @staticmethod
-    def _add_piece(flight: _Flight, piece: Tensor) -> None:
-        flight.residual = piece if flight.residual is None else flight.residual + piece
+    def receive_true_gradient(
+        self, j: int, true: Tensor | None, update: bool = True, cosine: bool = False
+    ) -> tuple[float, float]:
+        """Module j receives g_{j,s}, the true gradient of the oldest batch it has in flight (module j+1 folds
+        batches in order, each once): it is folded into f_j at its next step, and M_j regresses its current
+        prediction for that batch onto it now. Returns (synthesizer loss, cosine), NaN when `true` is None
+        (nothing came down this step)."""
+        if true is None:
+            return float("nan"), float("nan")
+        flight = next(f for f in self._flights[j] if f.true is None)
+        flight.true = true
+        prediction = self.synthesizers[j](flight.output.detach(), flight.context)
+        return self.train_synthesizer(j, prediction, true, update, cosine=cosine)
 
     def train_synthesizer(
         self, j: int, prediction: Tensor, target: Tensor, update: bool = True, *, cosine: bool = True

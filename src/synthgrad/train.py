@@ -75,10 +75,16 @@ def build_network(
 
 
 def _mean_per_cut(rows: list[dict], key: str) -> list[float]:
-    """Average of the per-cut lists `row[key]` over the diagnosed steps of an epoch ([] if none)."""
+    """Average of the per-cut lists `row[key]` over the diagnosed steps of an epoch ([] if none), skipping NaN
+    (with folding, a synthesizer trains only on the steps a true gradient comes down to it)."""
     if not rows:
         return []
-    return [sum(r[key][j] for r in rows) / len(rows) for j in range(len(rows[0][key]))]
+    return [_nanmean([r[key][j] for r in rows]) for j in range(len(rows[0][key]))]
+
+
+def _nanmean(values: list[float]) -> float:
+    kept = [v for v in values if not math.isnan(v)]
+    return sum(kept) / len(kept) if kept else float("nan")
 
 
 @torch.no_grad()
@@ -141,7 +147,7 @@ def _train(cfg: TrainConfig, out: Path, ckpt: dict | None, progress: bool | None
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
         t0 = time.perf_counter()
         order = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
-        sums = {"loss": 0.0, "sg": None}
+        sums, sg_rows = {"loss": 0.0}, []
         epoch_diag = []
         bar = tqdm(range(steps_per_epoch), desc=f"{cfg.method.value} epoch {epoch}/{cfg.epochs}", disable=not show)
         for s in bar:
@@ -159,9 +165,7 @@ def _train(cfg: TrainConfig, out: Path, ckpt: dict | None, progress: bool | None
                 )
             sums["loss"] += stats.loss
             if stats.sg_loss:
-                sums["sg"] = [
-                    a + b for a, b in zip(sums["sg"] or [0.0] * len(stats.sg_loss), stats.sg_loss, strict=True)
-                ]
+                sg_rows.append({"sg_loss": stats.sg_loss})
             if stats.true_cosine is not None:
                 epoch_diag.append(
                     {
@@ -186,7 +190,7 @@ def _train(cfg: TrainConfig, out: Path, ckpt: dict | None, progress: bool | None
             "test_loss": test_loss,
             "epoch_time_s": epoch_time,
             "wall_time_s": state.wall_time_s,
-            "sg_loss": [v / steps_per_epoch for v in sums["sg"]] if sums["sg"] else [],
+            "sg_loss": _mean_per_cut(sg_rows, "sg_loss"),
             "target_cosine": _mean_per_cut(epoch_diag, "target_cosine"),
             "true_cosine": _mean_per_cut(epoch_diag, "true_cosine"),
         }

@@ -7,7 +7,8 @@ own module with the very operations `DecoupledSequential.train_step` is made of 
     1. takes its input: the batch (k = 0), h_{k-1}(t) from stage k−1, or with complete unlock I_k(x_t);
     2. module_step: forward, synthetic gradient ĝ_k(t) = M_k(h_k(t)), update at once — nothing downstream is
        awaited;
-    3. sends h_k(t) down (non-blocking) and the carried gradient (∂h_k/∂h_{k-1})ᵀ ĝ_k up, the target of M_{k-1};
+    3. sends h_k(t) down (non-blocking) and the carried gradient (∂h_k/∂h_{k-1})ᵀ ĝ_k up, the target of M_{k-1}
+       (with folding: the true gradient of an older batch, see `_pack_target`);
     4. trains M_k on every target that has arrived from stage k+1.
 
 [Note: bounded staleness]
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import time
 from dataclasses import dataclass
 
@@ -32,7 +34,7 @@ import torch
 from torch import Tensor
 
 from synthgrad.core import one_hot_context
-from synthgrad.decoupled import DecoupledSequential
+from synthgrad.decoupled import DecoupledSequential, ModuleStep
 from synthgrad.parallel.runtime import TAG_FORWARD, TAG_TARGET, Runtime
 
 log = logging.getLogger("synthgrad.parallel")
@@ -114,7 +116,7 @@ class DecoupledStage:
         with rt.timing.measure("compute"):
             result = net.module_step(k, source, y, context, updates[k], synthetic_input=synthetic_input)
         if k > 0:
-            self._send(self._pack_target(result.carried, result.correction), k - 1, TAG_TARGET)
+            self._send(self._pack_target(result), k - 1, TAG_TARGET)
         if not self.top:
             if not synthetic_input:
                 self._send(result.output.detach(), k + 1, TAG_FORWARD)
@@ -162,11 +164,7 @@ class DecoupledStage:
         while self.pending:
             p = self.pending[0]
             if self.target_work is None:
-                buf = (
-                    torch.empty(self._target_numel(p.h), device=p.h.device)
-                    if self.folds_above
-                    else torch.empty_like(p.h)
-                )
+                buf = torch.empty(p.h.numel() + 1, device=p.h.device) if net.fold_every else torch.empty_like(p.h)
                 self.target_work = (rt.irecv(buf, k + 1, TAG_TARGET), buf)
             work, target = self.target_work
             if p.step < block_older_than:
@@ -176,46 +174,35 @@ class DecoupledStage:
                 break
             self.target_work = None
             self.pending.popleft()
-            if self.folds_above:
-                target = self._unpack_target(p.step, target, p.h)
-            elif net.fold_every:
-                net.fold_target(k, p.step, target)
             self.max_seen_staleness = max(self.max_seen_staleness, net.steps - p.step)
             with rt.timing.measure("compute"):
-                prediction = p.prediction
-                if prediction is None or p.version != self.synth_version:
-                    prediction = net.synthesizers[k](p.h, p.context)  # the synthesizer changed since
-                sg_loss, _ = net.train_synthesizer(k, prediction, target, p.update)
+                if net.fold_every:
+                    sg_loss, _ = net.receive_true_gradient(k, self._unpack_target(target, p.h), p.update)
+                else:
+                    prediction = p.prediction
+                    if prediction is None or p.version != self.synth_version:
+                        prediction = net.synthesizers[k](p.h, p.context)  # the synthesizer changed since
+                    sg_loss, _ = net.train_synthesizer(k, prediction, target, p.update)
+            if math.isnan(sg_loss):  # folding: nothing came down with this step's message
+                continue
             self.synth_version += int(p.update)
             self.sg_loss_sum += sg_loss
             self.sg_count += 1
 
     # ------------------------------------------------------------------ folding ([Note: folding in true gradients])
-    # With folding, the message that carries stage k+1's bootstrapped target down also carries the residual piece
-    # its backward pass produced for an older batch, so both arrive in the order they were made (and exactly one
-    # message per step, which keeps `drain` deterministic): [carried | correction or zeros | flag].
-    @property
-    def folds_above(self) -> bool:
-        """Whether the target messages this stage receives carry a fold piece (stage k+1 folds)."""
-        return self.net.fold_every > 0 and self.k + 1 < self.K - 1
+    # With folding, stage k+1 sends one target message per step, as without, so that `drain` stays deterministic:
+    # [the true gradient of stage k's oldest folded batch in flight | 1], or [zeros | 0] when it folded nothing.
+    def _pack_target(self, result: ModuleStep) -> Tensor:
+        if not self.net.fold_every:
+            return result.carried
+        if result.true_below is None:
+            batch = result.output.shape[0]
+            return torch.zeros(batch * math.prod(self.shapes[self.k - 1]) + 1, device=result.output.device)
+        return torch.cat([result.true_below.flatten(), result.true_below.new_ones(1)])
 
-    def _target_numel(self, h: Tensor) -> int:
-        return 2 * h.numel() + 1
-
-    def _pack_target(self, carried: Tensor, correction: Tensor | None) -> Tensor:
-        if not (self.net.fold_every > 0 and not self.top):
-            return carried
-        flag = torch.ones(1, device=carried.device) if correction is not None else torch.zeros(1, device=carried.device)
-        piece = correction if correction is not None else torch.zeros_like(carried)
-        return torch.cat([carried.flatten(), piece.flatten(), flag])
-
-    def _unpack_target(self, step: int, buf: Tensor, h: Tensor) -> Tensor:
-        n = h.numel()
-        carried = buf[:n].view_as(h)
-        self.net.fold_target(self.k, step, carried)
-        if buf[-1].item() > 0:
-            self.net.fold_correction(self.k, buf[n : 2 * n].view_as(h))
-        return carried
+    @staticmethod
+    def _unpack_target(buf: Tensor, h: Tensor) -> Tensor | None:
+        return buf[:-1].view_as(h) if buf[-1].item() > 0 else None
 
     def drain(self) -> None:
         """Finish all outstanding work: every target received and trained on, every send completed."""
