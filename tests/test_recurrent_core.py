@@ -343,3 +343,23 @@ def test_training_state_round_trip_resumes_exactly() -> None:
     _, sb = b.train_chunk(inputs[6:], targets[6:], s, mask=mask[6:], last=True)
     assert sa.loss == sb.loss and torch.equal(sa.target, sb.target)
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("method", ["bptt", "dni"])
+def test_a_chunk_without_signal_leaves_the_weights_alone(method) -> None:
+    """[Note: a chunk without signal]: a fully masked chunk under truncated BPTT has a zero gradient, and Adam must
+    not take an (echo) step on it; under DNI the synthetic gradient at its end is a signal and the core steps."""
+    core, readout = make_model()
+    inputs, targets, mask = make_data(6)
+    adam = lambda p: torch.optim.Adam(p, lr=0.05)  # noqa: E731
+    tr = TruncatedBPTT(core, readout, mse_step_loss, adam, T=3, method=method)
+    state, _ = tr.train_chunk(inputs[:3], targets[:3], mask=torch.ones_like(mask[:3]))  # a real step
+    if method == "dni":
+        nn.init.normal_(tr.synthesizer.net.out.weight)  # a non-zero ĝ at the end of the next chunk
+    params = tr.optimizer.param_groups[0]["params"]
+    before = [p.detach().clone() for p in params]
+    steps = [s["step"].item() for s in tr.optimizer.state.values()]
+    tr.train_chunk(inputs[3:], targets[3:], state, mask=torch.zeros_like(mask[3:]))
+    unchanged = all(torch.equal(b, a) for b, a in zip(before, params, strict=True))
+    assert unchanged == (method == "bptt")
+    assert ([s["step"].item() for s in tr.optimizer.state.values()] == steps) == (method == "bptt")

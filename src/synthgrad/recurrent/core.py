@@ -20,6 +20,15 @@ that yields the target come from `synthgrad.core` ([Note: SG units], [Note: SG l
     chunk length; the batch mean (dividing by B, not by the number of scored entries) keeps the per-example
     units of the synthesizer exact.
 
+[Note: a chunk without signal]
+    A chunk whose loss is masked out entirely (the input phase of a Copy sequence), with no synthetic gradient
+    at its end (truncated BPTT) and no auxiliary loss, has an objective that is identically 0, and the core is
+    not updated: no backward pass, no optimizer step (a gradient accumulated by earlier `accumulate=True`
+    chunks is left for the next step). Stepping Adam on a zero gradient is not a no-op: it moves every weight
+    by its decayed momentum m̂/(√v̂ + ε), an echo of the last real update. Before this rule truncated BPTT on
+    Copy took ⌊(L + 1)/T⌋ such echo steps per sequence of length L (at T = 2, L = 4: 2 of its 5 Adam steps).
+    DNI and DNI + Aux always have a signal before the last chunk, so only truncated BPTT is affected.
+
 [Note: synthesizer timing]
     The target for the prediction at boundary s_k only exists after chunk k+1's backward pass, which itself
     needs ĝ_{k+1} = M(s_{k+1}). So within one call of `train_chunk`, M is evaluated twice with the same
@@ -350,8 +359,12 @@ class TruncatedBPTT(nn.Module):
             aux_target = synthetic if synthetic is not None else torch.zeros_like(end.detach())
             stats.aux_loss = self._aux_backward(outs, aux_target)
         prediction = synth(start.detach(), start_context) if wants_target else None  # graph to M only
-        target = backward_through(objective, None, start if wants_target else None)
-        if not accumulate:
+        # [Note: a chunk without signal]: nothing scored, no synthetic gradient, no aux loss -> no update.
+        signal = mask is None or bool(mask.any()) or synthetic is not None or self.aux_head is not None
+        target = backward_through(objective, None, start) if wants_target else None
+        if signal and not wants_target:
+            backward_through(objective, None, None)
+        if signal and not accumulate:
             self.step()
         if prediction is not None and target is not None:
             self._train_synthesizer(prediction, target, stats)
