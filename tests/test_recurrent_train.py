@@ -239,3 +239,24 @@ def test_reproduce_recurrent_quick_writes_every_row_beside_the_paper(capfd, tmp_
     assert code == 0, err
     again = json.loads((out / "report.json").read_text())
     assert [without_time(r) for r in again] == [without_time(r) for r in results]
+
+
+def test_reproduce_recurrent_groups_runs_only_those_tasks_and_carries_the_others(capfd, tmp_path):
+    out = tmp_path / "suite"
+    out.mkdir()
+    old_ptb = {"task": "ptb-char", "method": "bptt", "T": 8, "test_bpc": 1.989, "valid_bpc": 2.031, "samples": 7,
+               "hidden_size": 256, "batch_size": 32, "lr": 0.001}  # fmt: skip
+    old_copy = {**old_ptb, "task": "copy", "T": 2, "max_length": 99}
+    (out / "report.json").write_text(json.dumps([old_copy, old_ptb]))
+    args = ["reproduce", "recurrent", "--quick", "--threads", "1", "--no-progress", "--out", out]
+    code, _, err = run_cli(capfd, *args, "--groups", "copy")
+    assert code == 0, err
+    results = json.loads((out / "report.json").read_text())
+    assert sorted(r["task"] for r in results) == ["copy"] * 12 + ["ptb-char"]  # the old Copy row is replaced
+    assert [r["carried"] for r in results if r["task"] == "ptb-char"] == [True]
+    assert all(r["commit"] and not r["carried"] for r in results if r["task"] == "copy")
+    report = (out / "report.md").read_text()
+    assert "| bptt | 1.989 | 2.031 | 7 | 1.354 |" in report
+    assert "rows of ptb-char are carried over" in report and "| 99 |" not in report
+    code, _, err = run_cli(capfd, *args, "--groups", "copy,ptb")
+    assert code == 2 and "unknown group(s) ptb" in err

@@ -216,8 +216,14 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     from synthgrad.experiments import FEEDFORWARD_GROUPS, reproduce_feedforward
 
     if args.suite == "recurrent":
-        from synthgrad.recurrent.experiments import reproduce_recurrent
+        from synthgrad.recurrent.experiments import RECURRENT_GROUPS, reproduce_recurrent
 
+        groups = None
+        if args.groups:
+            groups = [g.strip() for g in args.groups.split(",") if g.strip()]
+            unknown = sorted(set(groups) - set(RECURRENT_GROUPS))
+            if unknown:
+                raise ConfigError(f"unknown group(s) {', '.join(unknown)}; known: {', '.join(RECURRENT_GROUPS)}")
         reproduce_recurrent(
             data_dir=args.data_dir,
             out=args.out or "runs/reproduce-recurrent",
@@ -226,6 +232,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
             quick=args.quick,
             threads=args.threads,
             progress=not args.no_progress,
+            groups=groups,
         )
         return 0
     groups = None
@@ -278,7 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_positive_int, help="torch threads per run (default: all cores)")
     p.add_argument("--report-only", action="store_true", help="feedforward: write the report from finished runs only")
     p.add_argument(
-        "--groups", help="feedforward: only these groups of rows, e.g. fcn,paper (fcn, paper, update_prob, unlock, cnn)"
+        "--groups",
+        help="only these groups of rows; feedforward: fcn, paper, update_prob, unlock, cnn; recurrent: copy, "
+        "repeat-copy, ptb-char, multinet (the other rows are kept from OUT/report.json)",
     )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_reproduce)

@@ -5,7 +5,9 @@ the budget); the same three methods at T = 8 on Penn Treebank characters (test b
 validation point); the two-network system locked and with a DNI at T = 4 (A-steps until B's moving accuracy
 reaches the target). Every row gets the same budget (`minutes` of wall time, or `samples`), stated in the report.
 Each run goes through `train_recurrent(..., resume=True)`: an interrupted suite continues where it stopped when
-the same command is run again, and a finished row is not trained twice.
+the same command is run again, and a finished row is not trained twice. `groups` runs only some tasks; the rows
+of the other tasks are carried over from an earlier `report.json` in the same folder, if there is one, and the
+report says which rows were carried (each row run here records its commit).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from synthgrad.recurrent.train import RecurrentConfig, RecurrentTask, train_recu
 log = logging.getLogger("synthgrad.experiments")
 
 METHODS = (RecurrentMethod.BPTT, RecurrentMethod.DNI, RecurrentMethod.DNI_AUX)
+RECURRENT_GROUPS = tuple(t.value for t in RecurrentTask)  # `--groups`: copy, repeat-copy, ptb-char, multinet
 COPY_T = (2, 3, 4, 5)
 # PAPER.md §4, max sequence length solved (C, the authors' table as shown in their slides); no DNI + Aux row.
 PAPER_LENGTH = {
@@ -73,18 +76,27 @@ def reproduce_recurrent(
     quick: bool = False,
     threads: int | None = None,
     progress: bool = True,
+    groups: list[str] | None = None,
 ) -> Path:
-    """Run the suite (`samples` overrides `minutes`; `quick`: 200 samples per row, tiny networks) and write
-    `report.md`, `report.json` and figures in `out`; returns the report's path."""
+    """Run the suite (`samples` overrides `minutes`; `quick`: 200 samples per row, tiny networks; `groups`: only
+    these tasks, the others carried over from `out/report.json`) and write `report.md`, `report.json` and
+    figures in `out`; returns the report's path."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     budget = {"max_samples": samples or 200} if (samples or quick) else {"max_minutes": minutes}
     results: list[dict] = []
+    if groups is not None and (out / "report.json").exists():
+        previous = json.loads((out / "report.json").read_text())
+        results = [{"carried": True, **r} for r in previous if r["task"] not in groups]
     t0 = time.perf_counter()
+    commit = _commit()
     for cfg in suite(budget, quick=quick, data_dir=data_dir, out=out):
+        if groups is not None and cfg.task.value not in groups:
+            continue
         cfg = dataclasses.replace(cfg, threads=threads)
         log.info("[recurrent] %s %s T=%d", cfg.task.value, cfg.method.value, cfg.T)
-        results.append(train_recurrent(cfg, resume=True, progress=progress))
+        summary = train_recurrent(cfg, resume=True, progress=progress)
+        results.append({**summary, "commit": summary.get("commit", commit), "carried": False})
         write_json(out / "report.json", results)  # rewritten after every row: a partial suite has a report too
         (out / "report.md").write_text(_report(results, budget, quick, time.perf_counter() - t0, out))
     print(f"report: {out / 'report.md'}")
@@ -119,7 +131,8 @@ def _find(results: list[dict], task: str, method: str, T: int) -> dict | None:  
 
 
 def _report(results: list[dict], budget: dict, quick: bool, elapsed: float, out: Path) -> str:
-    first = results[0]
+    carried = [r for r in results if r.get("carried")]
+    first = next((r for r in results if not r.get("carried")), results[0])
     unit = f"{budget['max_minutes']} min of wall time" if "max_minutes" in budget else f"{budget['max_samples']}"
     lines = [
         "# Recurrent DNI: reproduction of PAPER.md §4–5",
@@ -133,6 +146,14 @@ def _report(results: list[dict], budget: dict, quick: bool, elapsed: float, out:
         "([Note: curriculum error] in synthgrad/recurrent/train.py).",
         "",
     ]
+    if carried:
+        tasks = ", ".join(sorted({r["task"] for r in carried}))
+        commits = ", ".join(sorted({r.get("commit") or "not recorded" for r in carried}))
+        lines += [
+            f"**Not re-run here:** the rows of {tasks} are carried over from an earlier report.json in this folder "
+            f"(commit {commits}; their budget may differ from the one above).",
+            "",
+        ]
     for task in ("copy", "repeat-copy"):
         lines += [
             f"## {task}: max sequence length solved",
