@@ -260,3 +260,11 @@ def test_reproduce_recurrent_groups_runs_only_those_tasks_and_carries_the_others
     assert "rows of ptb-char are carried over" in report and "| 99 |" not in report
     code, _, err = run_cli(capfd, *args, "--groups", "copy,ptb")
     assert code == 2 and "unknown group(s) ptb" in err
+
+
+def test_every_task_discounts_the_synthetic_gradient_by_a_tenth():
+    """[Note: discount] in core.py: λ = 1 made DNI worse than truncated BPTT on Copy, so every task uses 0.1."""
+    from synthgrad.recurrent.train import RecurrentConfig, RecurrentTask
+
+    for task in (RecurrentTask.COPY, RecurrentTask.REPEAT_COPY, RecurrentTask.PTB_CHAR):
+        assert RecurrentConfig(task=task, max_samples=1).validate().resolve().discount == 0.1
