@@ -17,8 +17,9 @@ def test_default_recipe() -> None:
     dni = TrainConfig(method=Method.DNI)
     cdni = TrainConfig(method=Method.CDNI)
     assert (dni.fold_interval(), dni.synthesizer_spec().kind, dni.module_lr(), dni.synthesizer_learning_rate()) == (
-        1, SynthesizerKind.LOWRANK, 1e-4, 1e-4,
+        3, SynthesizerKind.LOWRANK, 2e-4, 1e-4,
     )  # fmt: skip
+    assert TrainConfig(method=Method.DNI, fold_every=1).module_lr() == 1e-4  # every batch's true gradient
     assert (cdni.fold_interval(), cdni.synthesizer_spec().kind, cdni.synthesizer_spec().hidden) == (
         0, SynthesizerKind.LOWRANK, (16,),
     )  # fmt: skip

@@ -96,13 +96,17 @@ class TrainConfig:
         """The modules' Adam learning rate: `lr`, else the method's default.
 
         Measured on the 6-layer MNIST FCN (BENCHMARKS.md): backprop and cDNI learn fastest at 1e-4 within tens of
-        epochs (the paper's 3e-5 is for 500k steps). DNI with folded true gradients learns like backprop, at 1e-4
-        too. (Plain DNI without folding needs its modules slower than its synthesizers can follow: the paper's
-        recipe keeps 3e-5, see `paper_recipe`.)
+        epochs (the paper's 3e-5 is for 500k steps). DNI folds the true gradient of every 3rd batch in, so its
+        modules take a true-gradient step a third as often, and learn as fast at 2e-4 (20 epochs, 3 seeds: +0.08
+        to +0.21 points over backprop at 3-6 layers); folding every batch, at 1e-4 as backprop. (Plain DNI
+        without folding needs its modules slower than its synthesizers can follow: the paper's recipe keeps
+        3e-5, see `paper_recipe`.)
         """
         if self.lr is not None:
             return self.lr
-        return 3e-5 if self._dni_without_folding() else 1e-4
+        if self._dni_without_folding():
+            return 3e-5
+        return 2e-4 if self.method is Method.DNI and self.fold_interval() > 1 else 1e-4
 
     def _dni_without_folding(self) -> bool:
         """DNI where folding cannot work (complete unlock) or is turned off: the paper's recipe is its best."""
@@ -123,14 +127,16 @@ class TrainConfig:
     def fold_interval(self) -> int:
         """Every how many batches a true gradient is folded in (0: never): `fold_every`, else the method's.
 
-        DNI folds every batch: a synthesizer that cannot see the label cannot predict the part of the gradient
-        that is about the label, and without it the lower modules starve (PAPER.md §3: 4.3% at 6 layers even
-        after 500k steps). cDNI's synthesizer sees the label and matches backprop without folding, at a lower
-        cost. Complete unlock trains on synthetic inputs, which folding cannot correct: never there.
+        DNI folds every 3rd batch: a synthesizer that cannot see the label cannot predict the part of the
+        gradient that is about the label, and without it the lower modules starve (PAPER.md §3: 4.3% at 6 layers
+        even after 500k steps). Folding every batch matches backprop's error but costs 2× its time per step;
+        every 3rd batch stays within 0.3 points of it at 1.4× (BENCHMARKS.md, "Recipe ablation"). cDNI's
+        synthesizer sees the label and matches backprop without folding, at a lower cost. Complete unlock trains
+        on synthetic inputs, which folding cannot correct: never there.
         """
         if self.fold_every is not None:
             return self.fold_every
-        return 1 if self.method is Method.DNI and self.unlock is None else 0
+        return 3 if self.method is Method.DNI and self.unlock is None else 0
 
     def model_width(self) -> int:
         if self.width is not None:

@@ -230,6 +230,7 @@ class DecoupledSequential(nn.Module):
         self.steps = 0
         self.fold_every = fold_every
         self._flights: list[deque[_Flight]] = [deque() for _ in self.synthesizers]
+        self._trainable = [[p for p in m.parameters() if p.requires_grad] for m in self.stages]  # fold passes' inputs
 
     # ------------------------------------------------------------------ inference
     def forward(self, x: Tensor) -> Tensor:
@@ -367,7 +368,7 @@ class DecoupledSequential(nn.Module):
         pass over the old graph that carries g_s down gives it too, instead of a second pass for g_s − ĝ_s."""
         flights = self._flights[i]
         old = flights.popleft() if flights and flights[0].true is not None else None
-        params = [p for p in self.stages[i].parameters() if p.requires_grad]
+        params = self._trainable[i]
         outputs, grads, inputs = [], [], list(params)
         if keep:  # this batch's ĝ weight gradient is kept, to be taken back out when its true gradient comes
             if params:
