@@ -49,7 +49,7 @@ RECIPES: dict[str, tuple[str, dict]] = {
         {"method": Method.DNI, "synthesizer": LINEAR, "lr": 1e-4, "synthesizer_lr": 1e-4, "fold_every": 1},
     ),
     "dni-lowrank16-fold1": (
-        "the default DNI recipe: rank-16 synthesizer, every batch folded",
+        "rank-16 synthesizer, every batch folded",
         {
             "method": Method.DNI,
             "synthesizer": LOWRANK,
@@ -57,6 +57,36 @@ RECIPES: dict[str, tuple[str, dict]] = {
             "lr": 1e-4,
             "synthesizer_lr": 1e-4,
             "fold_every": 1,
+        },
+    ),
+    **{
+        f"dni-lowrank16-fold{k}{'-lr2e-4' if lr == 2e-4 else ''}": (
+            why,
+            {
+                "method": Method.DNI,
+                "synthesizer": LOWRANK,
+                "synthesizer_hidden": (16,),
+                "lr": lr,
+                "synthesizer_lr": 1e-4,
+                "fold_every": k,
+            },
+        )
+        for k, lr, why in (
+            (2, 1e-4, "every 2nd batch folded: half the extra backward passes"),
+            (3, 1e-4, "every 3rd batch folded"),
+            (3, 2e-4, "the default DNI recipe: every 3rd batch folded, module lr doubled"),
+            (4, 2e-4, "every 4th batch folded, module lr doubled"),
+        )
+    },
+    "dni-fold3-zero-lr2e-4": (
+        "the default with a synthesizer that never learns (lr 1e-12, ĝ ≈ 0): what the synthesizer adds",
+        {
+            "method": Method.DNI,
+            "synthesizer": LOWRANK,
+            "synthesizer_hidden": (16,),
+            "lr": 2e-4,
+            "synthesizer_lr": 1e-12,
+            "fold_every": 3,
         },
     ),
     "dni-fold1-slr1e-3": (
