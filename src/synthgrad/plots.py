@@ -27,6 +27,14 @@ def learning_curves(history: Sequence[Mapping], path: str | Path, title: str = "
     plt.close(fig)
 
 
+def drawable_points(xs: Sequence[float], ys: Sequence[float], *, log: bool = True) -> tuple[list, list]:
+    """The (x, y) pairs worth drawing as one line: y not NaN (with folding, a cut's synthesizer trains only on the
+    steps a true gradient comes down, and NaN points between them would break the line into nothing) and, on a
+    log axis, y > 0 (a zero loss: prediction and target both still exactly zero)."""
+    kept = [(x, y) for x, y in zip(xs, ys, strict=True) if y == y and (y > 0 or not log)]
+    return [x for x, _ in kept], [y for _, y in kept]
+
+
 def gradient_quality(diagnostics: Sequence[Mapping], path: str | Path, title: str = "") -> None:
     """Per cut: cosine(synthetic, true gradient) and the synthesizer loss against training step."""
     if not diagnostics:
@@ -35,9 +43,10 @@ def gradient_quality(diagnostics: Sequence[Mapping], path: str | Path, title: st
     n_cuts = len(diagnostics[0]["true_cosine"])
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
     for j in range(n_cuts):
-        ax1.plot(steps, [row["true_cosine"][j] for row in diagnostics], label=f"cut {j + 1}")
-        # A zero loss (both prediction and target still exactly zero) has no place on a log axis.
-        ax2.plot(steps, [row["sg_loss"][j] or float("nan") for row in diagnostics], label=f"cut {j + 1}")
+        ax1.plot(
+            *drawable_points(steps, [row["true_cosine"][j] for row in diagnostics], log=False), label=f"cut {j + 1}"
+        )
+        ax2.plot(*drawable_points(steps, [row["sg_loss"][j] for row in diagnostics]), label=f"cut {j + 1}")
     ax1.set(xlabel="step", ylabel="cos(synthetic, true gradient)", ylim=(-0.2, 1.0))
     ax2.set(xlabel="step", ylabel="synthesizer loss", yscale="log")
     for ax in (ax1, ax2):
