@@ -212,18 +212,23 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _groups(text: str | None, known: Sequence[str]) -> list[str] | None:
+    """`--groups a,b` as a list (None: every group); an unknown name is a user error."""
+    if not text:
+        return None
+    groups = [g.strip() for g in text.split(",") if g.strip()]
+    unknown = sorted(set(groups) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown group(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    return groups
+
+
 def _cmd_reproduce(args: argparse.Namespace) -> int:
     from synthgrad.experiments import FEEDFORWARD_GROUPS, reproduce_feedforward
 
     if args.suite == "recurrent":
         from synthgrad.recurrent.experiments import RECURRENT_GROUPS, reproduce_recurrent
 
-        groups = None
-        if args.groups:
-            groups = [g.strip() for g in args.groups.split(",") if g.strip()]
-            unknown = sorted(set(groups) - set(RECURRENT_GROUPS))
-            if unknown:
-                raise ConfigError(f"unknown group(s) {', '.join(unknown)}; known: {', '.join(RECURRENT_GROUPS)}")
         reproduce_recurrent(
             data_dir=args.data_dir,
             out=args.out or "runs/reproduce-recurrent",
@@ -232,15 +237,9 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
             quick=args.quick,
             threads=args.threads,
             progress=not args.no_progress,
-            groups=groups,
+            groups=_groups(args.groups, RECURRENT_GROUPS),
         )
         return 0
-    groups = None
-    if args.groups:
-        groups = [g.strip() for g in args.groups.split(",") if g.strip()]
-        unknown = sorted(set(groups) - set(FEEDFORWARD_GROUPS))
-        if unknown:
-            raise ConfigError(f"unknown group(s) {', '.join(unknown)}; known: {', '.join(FEEDFORWARD_GROUPS)}")
     reproduce_feedforward(
         data_dir=args.data_dir,
         out=args.out or "runs/reproduce",
@@ -248,7 +247,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         seeds=args.seeds,
         quick=args.quick,
         progress=not args.no_progress,
-        groups=groups,
+        groups=_groups(args.groups, FEEDFORWARD_GROUPS),
         threads=args.threads,
         report_only=args.report_only,
     )
