@@ -139,7 +139,7 @@ def _report(results: list[dict], budget: dict, quick: bool, elapsed: float, out:
         "",
         f"Budget per row: {unit}"
         + (" samples (PTB ×100 characters, two networks ×10 digits)" if "max_samples" in budget else "")
-        + f"; one thread per run on {_machine()}, torch {torch.__version__}, commit {_commit()}."
+        + f"; one thread per run on {_machine()}, torch {torch.__version__}, commit {first.get('commit') or _commit()}."
         + (" **Quick smoke run: tiny networks, numbers meaningless.**" if quick else ""),
         f"Suite wall time {elapsed / 60:.1f} min. Copy tasks: LSTM {first['hidden_size']}, "
         f"batch {first['batch_size']}, curriculum on bits wrong per sequence < 0.15 "
