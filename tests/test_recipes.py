@@ -24,6 +24,7 @@ def test_default_recipe() -> None:
         0, SynthesizerKind.LOWRANK, (16,),
     )  # fmt: skip
     assert cdni.synthesizer_learning_rate() == 1e-3
+    assert TrainConfig(method=Method.CDNI, width=1024).synthesizer_spec().hidden == (64,)  # rank = width / 16
     unlocked = TrainConfig(method=Method.DNI, unlock="full")  # folding needs real inputs: the paper's recipe
     assert unlocked.fold_interval() == 0 and unlocked.synthesizer_spec().kind is SynthesizerKind.MLP
     assert (unlocked.module_lr(), unlocked.synthesizer_learning_rate()) == (3e-5, 1e-3)
