@@ -18,8 +18,8 @@ oversubscribed (4 processes, 1 thread each, on 2 cores): it shows the overhead, 
 Default model: a wide FCN (7 layers: 6 hidden of 1024 units, MNIST) cut into 2 stages of 3 + 4 layers, which
 balances their work (784×1024 + 2 × 1024² against 3 × 1024² + 1024×10 multiply-adds per example); a stage's
 compute outweighs its activation message (256 × 1024 floats per step). dni_pipeline runs cDNI with the default
-recipe (`TrainConfig`, issue #5: a rank-16 synthesizer plus the label term, synthesizer lr 1e-3; ≈1% of a stage's
-work).
+recipe (`TrainConfig`, issue #5: a low-rank synthesizer of rank width/16 = 64 plus the label term, synthesizer lr
+1e-3; ≈4% of a stage's work).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = ["--model", "fcn", "--batch-size", "256", "--lr", "1e-4", "--seed", "0"]
-DNI = ["--method", "cdni"]  # the default recipe (rank-16 synthesizers); issue #3's figures used rank 64
+DNI = ["--method", "cdni"]  # the default recipe (rank width/16 = 64 synthesizers here)
 METHODS = {
     "backprop_single": (["--schedule", "single", "--method", "backprop"], 1),
     "backprop_model_parallel": (["--schedule", "model-parallel", "--method", "backprop"], None),
