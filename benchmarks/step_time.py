@@ -33,13 +33,14 @@ VARIANTS = {
     "backprop": {"method": Method.BACKPROP},
     "dni": {"method": Method.DNI},  # the default recipe (issue #5): rank-16 synthesizers, folding
     "dni_fold1": {"method": Method.DNI, "fold_every": 1},  # every batch folded
+    "dni_fold2": {"method": Method.DNI, "fold_every": 2},  # every 2nd batch folded
     "dni_fold4": {"method": Method.DNI, "fold_every": 4},  # every 4th batch folded
     "cdni": {"method": Method.CDNI},  # the default recipe: rank-16 synthesizers
     "dni_paper": paper_recipe(Method.DNI),  # the paper's: MLP 2x1024 synthesizers, no folding
     "cdni_paper": paper_recipe(Method.CDNI),  # the paper's: linear synthesizers
     "cdni_unlock": {"method": Method.CDNI, "unlock": "full"},
 }
-FCN_ONLY = {"dni_paper", "cdni_paper", "cdni_unlock", "dni_fold1", "dni_fold4"}
+FCN_ONLY = {"dni_paper", "cdni_paper", "cdni_unlock", "dni_fold1", "dni_fold2", "dni_fold4"}
 
 
 def time_steps(net, x, y, context, steps: int) -> float:

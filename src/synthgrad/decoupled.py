@@ -75,7 +75,7 @@ class StepStats:
 
     loss: float
     sg_loss: list[float] = field(default_factory=list)  # NaN where a folding cut received nothing this step
-    target_cosine: list[float] = field(default_factory=list)  # cos(ĝ_i, bootstrapped target), only when diagnosed
+    target_cosine: list[float] = field(default_factory=list)  # cos(ĝ_i, its target), only when diagnosed
     true_cosine: list[float] | None = None  # cos(ĝ_i, true ∂ℓ/∂h_i), only when diagnosed
     input_loss: list[float] = field(default_factory=list)  # complete unlock: L2 of I_i(x) vs real h_{i-1}
     updated: list[bool] = field(default_factory=list)  # which modules updated (update decoupling)
@@ -100,7 +100,6 @@ class ModuleStep:
 class _Flight:
     """One batch's forward pass through module i, kept until its true gradient has been folded in."""
 
-    step: int  # the step that ran this batch forward
     output: Tensor  # h_i, with graph (and stashed weights, see `stashed_weights`) to θ_i and the input leaf
     leaf: Tensor  # the detached input it was applied to
     synthetic: Tensor  # ĝ_i (detached, synthesizer units) that module i already applied
@@ -142,14 +141,15 @@ def stashed_weights(module: nn.Module) -> Iterator[None]:
         yield
 
 
-def _accumulate_grads(params: Sequence[nn.Parameter], grads: Sequence[Tensor]) -> None:
-    """p.grad += g for each pair, as autograd would accumulate it (a fresh `.grad` is a copy, never an alias)."""
+def _accumulate_grads(params: Sequence[nn.Parameter], grads: Sequence[Tensor], alpha: float = 1.0) -> None:
+    """p.grad += alpha·g for each pair, as autograd would accumulate it (a fresh `.grad` is a copy, never an
+    alias)."""
     with torch.no_grad():
         for p, g in zip(params, grads, strict=True):
             if p.grad is None:
-                p.grad = g.clone()
+                p.grad = g * alpha
             else:
-                p.grad += g
+                p.grad.add_(g, alpha=alpha)
 
 
 def adam(lr: float) -> OptimizerFactory:
@@ -346,7 +346,7 @@ class DecoupledSequential(nn.Module):
                 with torch.no_grad():  # M_i trains later, on the true gradient, from a fresh prediction
                     synthetic = self.synthesizers[i](out.detach(), context)
                 carried, loss_value = None, None
-                true_below = self._fold_backward(i, _Flight(self.steps, out, inp, synthetic, context), keep=keep)
+                true_below = self._fold_backward(i, _Flight(out, inp, synthetic, context), keep=keep)
             else:
                 synthetic = self.synthesizers[i](out.detach(), context)  # (B, *h_i.shape), graph to M_i
                 carried = backward_through(out, to_module_grad(synthetic.detach()), below)
@@ -389,7 +389,7 @@ class DecoupledSequential(nn.Module):
             torch.autograd.backward(outputs, grads, inputs=inputs)
         if old is None:
             return None
-        _accumulate_grads(params, [-g for g in old.applied])
+        _accumulate_grads(params, old.applied, alpha=-1.0)
         if i == 0:
             return None
         true_below, old.leaf.grad = old.leaf.grad, None

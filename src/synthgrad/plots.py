@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -31,7 +32,7 @@ def drawable_points(xs: Sequence[float], ys: Sequence[float], *, log: bool = Tru
     """The (x, y) pairs worth drawing as one line: y not NaN (with folding, a cut's synthesizer trains only on the
     steps a true gradient comes down, and NaN points between them would break the line into nothing) and, on a
     log axis, y > 0 (a zero loss: prediction and target both still exactly zero)."""
-    kept = [(x, y) for x, y in zip(xs, ys, strict=True) if y == y and (y > 0 or not log)]
+    kept = [(x, y) for x, y in zip(xs, ys, strict=True) if not math.isnan(y) and (y > 0 or not log)]
     return [x for x, _ in kept], [y for _, y in kept]
 
 

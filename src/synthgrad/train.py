@@ -147,7 +147,7 @@ def _train(cfg: TrainConfig, out: Path, ckpt: dict | None, progress: bool | None
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
         t0 = time.perf_counter()
         order = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
-        sums, sg_rows = {"loss": 0.0}, []
+        loss_sum, sg_rows = 0.0, []
         epoch_diag = []
         bar = tqdm(range(steps_per_epoch), desc=f"{cfg.method.value} epoch {epoch}/{cfg.epochs}", disable=not show)
         for s in bar:
@@ -163,7 +163,7 @@ def _train(cfg: TrainConfig, out: Path, ckpt: dict | None, progress: bool | None
                     f"(lr {cfg.module_lr()}); "
                     + (f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet")
                 )
-            sums["loss"] += stats.loss
+            loss_sum += stats.loss
             if stats.sg_loss:
                 sg_rows.append({"sg_loss": stats.sg_loss})
             if stats.true_cosine is not None:
@@ -185,7 +185,7 @@ def _train(cfg: TrainConfig, out: Path, ckpt: dict | None, progress: bool | None
         row = {
             "epoch": epoch,
             "step": net.steps,
-            "train_loss": sums["loss"] / steps_per_epoch,
+            "train_loss": loss_sum / steps_per_epoch,
             "test_error": test_error,
             "test_loss": test_loss,
             "epoch_time_s": epoch_time,
