@@ -202,18 +202,21 @@ def test_bits_per_character_is_cross_entropy_over_ln2() -> None:
 
 # ---------------------------------------------------------------------------------------------- two networks
 @FAST
-@given(T=st.integers(1, 5), windows=st.integers(1, 4), batch=st.integers(1, 3), seed=seeds)
-def test_multinet_counts_odd_digits_per_window(T, windows, batch, seed) -> None:  # noqa: N803
+@given(T=st.integers(1, 5), batch=st.integers(1, 3), seed=seeds)
+def test_multinet_counts_3s_per_window_for_a_and_since_the_start_for_b(T, batch, seed) -> None:  # noqa: N803
     labels = torch.arange(20) % 10
     images = labels.float().view(20, 1, 1, 1).expand(20, 1, 2, 2) / 10  # each image encodes its label
     task = MultiNetTask(images, labels, T=T)
-    b = task.sample(batch, windows, gen(seed))
-    assert b.inputs.shape == (windows * T, batch, 4) and b.counts.shape == (windows, batch)
+    b = task.sample(batch, gen(seed))
+    assert b.inputs.shape == (T * T, batch, 4) and b.a_counts.shape == b.b_counts.shape == (T, batch)
     assert torch.equal((b.inputs[..., 0] * 10).round().long(), b.digits)  # the image shown is the digit's
-    for k in range(windows):
+    for k in range(T):
         window = b.digits[k * T : (k + 1) * T]
-        assert torch.equal(b.counts[k], (window % 2 == 1).sum(0))
-    assert task.num_classes == T + 1 and int(b.counts.max()) <= T
+        assert torch.equal(b.a_counts[k], (window == 3).sum(0))
+        assert torch.equal(b.b_counts[k], (b.digits[: (k + 1) * T] == 3).sum(0))
+    assert torch.equal(b.b_counts[-1], (b.digits == 3).sum(0))  # B's last tick: the 3s of the last T² steps
+    assert (task.a_classes, task.b_classes) == (T + 1, T * T + 1)
+    assert int(b.a_counts.max()) <= T and int(b.b_counts.max()) <= T * T
 
 
 def test_task_arguments_are_checked() -> None:

@@ -6,15 +6,19 @@ Tiny sizes on one thread (conftest): the whole file runs in well under a minute.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import Tensor
 
 from conftest import shared_data_dir
 from helpers import run_cli, write_fake_mnist
+from synthgrad.recurrent import multinet
 from synthgrad.recurrent import run as recurrent_run
 from synthgrad.recurrent.multinet import MultiNetSystem
 from synthgrad.recurrent.tasks import MultiNetTask
@@ -186,17 +190,19 @@ def tiny_system(method: str, T: int = 3) -> tuple[MultiNetSystem, MultiNetTask]:
     return system, MultiNetTask(images, labels, T=T)
 
 
-@pytest.mark.parametrize(("method", "every"), [("bptt", 3), ("dni", 1)])
-def test_locked_a_updates_every_T_steps_and_dni_a_every_step(method, every):
-    """A's optimizer steps, stamped with the clock (A-steps taken): locked at T, 2T, ...; DNI at 1, 2, 3, ..."""
+@pytest.mark.parametrize(("method", "every"), [("bptt", 9), ("dni", 3)])
+def test_locked_a_updates_every_T_squared_steps_and_dni_a_every_T(method, every):
+    """A's optimizer steps, stamped with the clock (A-steps taken), T = 3: locked at 9, 18 (once per episode,
+    with B); DNI at 3, 6, 9, ... (every window). B updates once per episode either way."""
     system, task = tiny_system(method, T=3)
     stamps: list[int] = []
     system.a_optimizer.register_step_post_hook(lambda *_: stamps.append(system.a_steps))
     b_stamps: list[int] = []
     system.b_optimizer.register_step_post_hook(lambda *_: b_stamps.append(system.a_steps))
-    system.train_episode(task.sample(4, 5, torch.Generator().manual_seed(0)))  # 5 windows, 15 A-steps
-    assert stamps == list(range(every, 16, every))
-    assert b_stamps == [3, 6, 9, 12, 15]  # B ticks every T steps in both modes
+    for seed in range(2):  # two episodes, 18 A-steps
+        system.train_episode(task.sample(4, torch.Generator().manual_seed(seed)))
+    assert stamps == list(range(every, 19, every))
+    assert b_stamps == [9, 18]
     assert system.a_updates == len(stamps)
 
 
@@ -209,13 +215,48 @@ def test_only_a_s_own_update_reaches_its_weights(method):
     for p in system.a.parameters():
         p.register_post_accumulate_grad_hook(lambda p: accumulations.append(id(p)))
     m_before = [p.detach().clone() for p in system.synthesizer.parameters()] if method == "dni" else []
-    ticks = system.train_episode(task.sample(4, 4, torch.Generator().manual_seed(1)))
+    episode = system.train_episode(task.sample(4, torch.Generator().manual_seed(1)))
     n_params = len(list(system.a.parameters()))
     assert len(accumulations) == n_params * system.a_updates
     assert all(p.grad is None for p in system.a.parameters())
     if method == "dni":  # the synthesizer did train, on a loss that stayed away from A
-        assert all(t.sg_loss is not None for t in ticks)
+        assert episode.sg_loss is not None
         assert any(not torch.equal(a, b) for a, b in zip(m_before, system.synthesizer.parameters(), strict=True))
+
+
+def test_the_synthesizer_regresses_onto_b_s_true_gradient_of_each_message():
+    """M's targets are B·∂(Σ_k B's loss_k)/∂m_k for the episode's messages, the gradient the locked system sends
+    A through each message: checked by recomputing it with B's weights from before its update."""
+    system, task = tiny_system("dni", T=3)
+    batch = task.sample(4, torch.Generator().manual_seed(2))
+    b_before = copy.deepcopy(system.b)
+    seen: list[tuple[Tensor, Tensor]] = []
+    loss_fn = multinet.synthesizer_loss
+
+    def spy(prediction: Tensor, target: Tensor) -> Tensor:
+        seen.append((prediction.detach().clone(), target.clone()))
+        return loss_fn(prediction, target)
+
+    messages: list[Tensor] = []
+    window = system.a.window
+
+    def recording_window(xs, state):
+        logits, message, state = window(xs, state)
+        messages.append(message.detach().clone())
+        return logits, message, state
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(multinet, "synthesizer_loss", spy)
+        mp.setattr(system.a, "window", recording_window)
+        system.train_episode(batch)
+    ((_, targets),) = seen
+    sent = [m.requires_grad_(True) for m in messages]
+    state, loss = b_before.initial_state(4), torch.zeros(())
+    for m, count in zip(sent, batch.b_counts, strict=True):
+        logits, state = b_before.tick(m, state)
+        loss = loss + F.cross_entropy(logits, count)
+    expected = torch.autograd.grad(loss, sent)
+    assert torch.allclose(targets, torch.cat(expected) * 4, atol=1e-6)  # per-example units: × batch
 
 
 # -- the reproduction suite -----------------------------------------------------------------------------------
@@ -245,7 +286,7 @@ def test_reproduce_recurrent_groups_runs_only_those_tasks_and_carries_the_others
     out = tmp_path / "suite"
     out.mkdir()
     old_ptb = {"task": "ptb-char", "method": "bptt", "T": 8, "test_bpc": 1.989, "valid_bpc": 2.031, "samples": 7,
-               "hidden_size": 256, "batch_size": 32, "lr": 0.001}  # fmt: skip
+               "hidden_size": 256, "batch_size": 32, "lr": 0.001, "max_minutes": 1.5}  # fmt: skip
     old_copy = {**old_ptb, "task": "copy", "T": 2, "max_length": 99}
     (out / "report.json").write_text(json.dumps([old_copy, old_ptb]))
     args = ["reproduce", "recurrent", "--quick", "--threads", "1", "--no-progress", "--out", out]
@@ -258,6 +299,9 @@ def test_reproduce_recurrent_groups_runs_only_those_tasks_and_carries_the_others
     report = (out / "report.md").read_text()
     assert "| bptt | 1.989 | 2.031 | 7 | 1.354 |" in report
     assert "rows of ptb-char are carried over" in report and "| 99 |" not in report
+    # Each section states its own rows' budget: the carried PTB row's, not this run's.
+    assert "Budget per row: 1.5 min; commit not recorded (carried over from an earlier run)." in report
+    assert "Budget per row: 200 samples; commit " in report
     code, _, err = run_cli(capfd, *args, "--groups", "copy,ptb")
     assert code == 2 and "unknown group(s) ptb" in err
 

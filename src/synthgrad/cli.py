@@ -91,8 +91,7 @@ _RECURRENT_OPTIONS = [
     ("--patience", int, "ptb-char: validations without improvement before early stopping"),
     ("--eval-chars", int, "ptb-char: score only the first N validation/test characters"),
     ("--target-accuracy", float, "multinet: B's moving accuracy for steps_to_target (0..1)"),
-    ("--accuracy-window", int, "multinet: ticks in that moving accuracy"),
-    ("--episode-windows", int, "multinet: windows per episode"),
+    ("--accuracy-window", int, "multinet: episodes in that moving accuracy"),
 ]
 _RECURRENT_TASKS = ["copy", "repeat-copy", "ptb-char", "multinet"]
 

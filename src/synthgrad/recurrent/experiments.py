@@ -126,6 +126,18 @@ def _machine() -> str:
     return f"{model}, {os.cpu_count()} cores"
 
 
+def _section_budget(results: list[dict], task: str) -> list[str]:
+    """A section's budget and commit, from its own rows (sections carried over may have run at another)."""
+    rows = [r for r in results if r["task"] == task]
+    if not rows:
+        return []
+    budgets = sorted({f"{r['max_minutes']:g} min" if r.get("max_minutes") else f"{r.get('max_samples')} samples"
+                      for r in rows})  # fmt: skip
+    commits = sorted({r.get("commit") or "not recorded" for r in rows})
+    carried = " (carried over from an earlier run)" if any(r.get("carried") for r in rows) else ""
+    return [f"Budget per row: {', '.join(budgets)}; commit {', '.join(commits)}{carried}.", ""]
+
+
 def _find(results: list[dict], task: str, method: str, T: int) -> dict | None:  # noqa: N803
     return next((r for r in results if (r["task"], r["method"], r["T"]) == (task, method, T)), None)
 
@@ -158,6 +170,7 @@ def _report(results: list[dict], budget: dict, quick: bool, elapsed: float, out:
         lines += [
             f"## {task}: max sequence length solved",
             "",
+            *_section_budget(results, task),
             "| method | " + " | ".join(f"T={t}" for t in COPY_T) + " |",
         ]
         lines += ["|---|" + "---|" * len(COPY_T)]
@@ -175,7 +188,7 @@ def _report(results: list[dict], budget: dict, quick: bool, elapsed: float, out:
             ours = [_find(results, task, method.value, t) for t in COPY_T]
             lines.append(f"| {method.value} | " + " | ".join(str(r["samples"]) if r else "–" for r in ours) + " |")
         lines.append("")
-    lines += ["## Penn Treebank characters, T = 8", ""]
+    lines += ["## Penn Treebank characters, T = 8", "", *_section_budget(results, "ptb-char")]
     ptb = [r for r in results if r["task"] == "ptb-char"]
     if ptb:
         r = ptb[-1]
@@ -193,13 +206,21 @@ def _report(results: list[dict], budget: dict, quick: bool, elapsed: float, out:
             paper = PAPER_PTB_T8.get(method.value, "–")
             lines.append(f"| {method.value} | {r['test_bpc']:.3f} | {r['valid_bpc']:.3f} | {r['samples']} | {paper} |")
             curves[method.value] = out / f"ptb-char-{method.value}-T8"
-    lines += ["", "## Two networks (T = 4)", "", "| method | A-steps to target | target | A updates | test accuracy |"]
-    lines += ["|---|---|---|---|---|"]
+    lines += ["", "## Two networks (T = 4)", "", *_section_budget(results, "multinet")]
+    lines += [
+        "A reads a digit per step and counts the 3s of each window of T steps; B ticks every T steps on A's message "
+        "and counts the 3s since the episode (T² steps) began; locked, both update once per episode; with the DNI, "
+        "A updates every T steps (the task in full: `synthgrad/recurrent/multinet.py`).",
+        "",
+        "| method | A-steps to target | target | A updates | B test accuracy | A test accuracy |",
+        "|---|---|---|---|---|---|",
+    ]
     for method in METHODS[:2]:
         r = _find(results, "multinet", method.value, 4)
         if r:
             reached = r["steps_to_target"] if r["steps_to_target"] is not None else "not reached"
-            cells = f"{reached} | {r['target_accuracy']:.0%} | {r['a_updates']} | {r['test_accuracy']:.3f}"
+            a_test = f"{r['test_a_accuracy']:.3f}" if "test_a_accuracy" in r else "–"
+            cells = f"{reached} | {r['target_accuracy']:.0%} | {r['a_updates']} | {r['test_accuracy']:.3f} | {a_test}"
             lines.append(f"| {'locked (bptt)' if method.value == 'bptt' else 'dni'} | {cells} |")
     lines += ["", "The paper: with the DNI the system learns much faster, with similar final accuracy (PAPER.md §5)."]
     _figures(results, out)

@@ -273,22 +273,29 @@ def evaluate_bpc(core: RecurrentCore, readout: nn.Module, data: Tensor, vocab_si
 # ---------------------------------------------------------------------------------------------- two networks
 @dataclass(frozen=True)
 class MultiNetBatch:
-    """inputs (S, B, 784) flattened digits; digits (S, B) their labels; counts (W, B) the window targets."""
+    """One episode of the two-network system, for B streams of S = T² steps.
+
+    inputs (S, B, 784) flattened digits; digits (S, B) their labels; a_counts (T, B) A's targets, the number of
+    3s in each window of T steps; b_counts (T, B) B's targets, the number of 3s since the episode began, at the
+    end of each window (the last one is the count over the episode's T² steps).
+    """
 
     inputs: Tensor
     digits: Tensor
-    counts: Tensor
+    a_counts: Tensor
+    b_counts: Tensor
 
 
 class MultiNetTask:
-    """The two-network system's data (PAPER.md §5), as we define it.
+    """The two-network system's data (PAPER.md §5), as we define it (see `synthgrad.recurrent.multinet`).
 
-    A sequence has S = W·T steps. At every step t, network A reads one MNIST image drawn uniformly with
-    replacement from the split, flattened to 784 values in [0, 1]. Window k covers steps kT … kT + T − 1;
-    network B ticks once per window, at its last step t = kT + T − 1, reading only A's message at that step,
-    and must output the number of odd digits among the window's T digits: a classification over T + 1
-    classes (0 … T), scored with cross-entropy. counts[k] is that number.
+    An episode has T windows of T steps (S = T² steps). At every step network A reads one MNIST image drawn
+    uniformly with replacement from the split, flattened to 784 values in [0, 1]. At the end of window k, A
+    must output the number of 3s among the window's T digits (classes 0 … T) and network B, ticking once per
+    window, must output the number of 3s since the episode began (classes 0 … T²).
     """
+
+    COUNTED = 3  # the digit both networks count
 
     def __init__(self, images: Tensor, labels: Tensor, T: int = 4) -> None:  # noqa: N803
         _check_positive(T=T)
@@ -303,12 +310,17 @@ class MultiNetTask:
         return cls(getattr(dataset, f"{split}_images"), getattr(dataset, f"{split}_labels"), T)
 
     @property
-    def num_classes(self) -> int:
+    def a_classes(self) -> int:
         return self.T + 1
 
-    def sample(self, batch: int, windows: int, generator: torch.Generator) -> MultiNetBatch:
-        _check_positive(batch=batch, windows=windows)
-        idx = torch.randint(0, self.images.shape[0], (windows * self.T, batch), generator=generator)  # (S, B)
+    @property
+    def b_classes(self) -> int:
+        return self.T * self.T + 1
+
+    def sample(self, batch: int, generator: torch.Generator) -> MultiNetBatch:
+        """One episode of `batch` streams."""
+        _check_positive(batch=batch)
+        idx = torch.randint(0, self.images.shape[0], (self.T * self.T, batch), generator=generator)  # (S, B)
         digits = self.labels[idx]
-        counts = (digits % 2).view(windows, self.T, batch).sum(1)  # (W, B)
-        return MultiNetBatch(self.images[idx], digits, counts)
+        a_counts = (digits == self.COUNTED).view(self.T, self.T, batch).sum(1)  # (T, B)
+        return MultiNetBatch(self.images[idx], digits, a_counts, a_counts.cumsum(0))

@@ -97,8 +97,9 @@ class RecurrentTask(enum.Enum):
 _COPY_TASKS = (RecurrentTask.COPY, RecurrentTask.REPEAT_COPY)
 # Per-task defaults of the fields left None. T: the paper's (Copy table 2..5, so 3 in the middle; PTB 8; §5: 4).
 # hidden: the paper's ~256 for Copy (M); for PTB the paper's is larger (M), 256 trains ~22k characters/s on one
-# CPU thread (an epoch of 5M in ~4 min); the two networks (64) count four digits. log_every: a row every few
-# seconds of CPU (Copy: sequences; PTB: characters, each row also evaluates the validation set; digits read).
+# CPU thread (an epoch of 5M in ~4 min); the two networks (64 each) count 3s in 4 and 16 digits. log_every: a
+# row every few seconds of CPU (Copy: sequences; PTB: characters, each row also evaluates the validation set;
+# multinet: digits read).
 # synthesizer_lr: see [Note: synthesizer lr]; discount: [Note: discount] in core.py.
 _PER_TASK: dict[str, dict[RecurrentTask, float]] = {
     "T": {RecurrentTask.COPY: 3, RecurrentTask.REPEAT_COPY: 3, RecurrentTask.PTB_CHAR: 8, RecurrentTask.MULTINET: 4},
@@ -156,8 +157,7 @@ class RecurrentConfig:
     eval_chars: int | None = None  # score only the first N characters of valid/test (smoke runs); None: all
     # -- multinet (PAPER.md §5)
     target_accuracy: float = 0.9  # B's moving training accuracy that counts as "learned" (steps_to_target)
-    accuracy_window: int = 50  # ticks averaged for that accuracy (50 × batch 32 = 1600 windows)
-    episode_windows: int = 10  # windows per episode; both networks restart from zero state between episodes
+    accuracy_window: int = 50  # episodes averaged for that accuracy (50 × batch 32 = 1600 streams)
     # -- running
     log_every: int | None = None  # samples between metric rows and checkpoints; None: the task's
     data_dir: str | None = None  # PTB files / MNIST; None: $SYNTHGRAD_DATA_DIR, else ~/.cache/synthgrad/data
@@ -209,7 +209,6 @@ class RecurrentConfig:
             (self.eval_chars is None or self.eval_chars >= 2 * EVAL_ROWS, f"--eval-chars must be >= {2 * EVAL_ROWS}"),
             (0 < self.target_accuracy <= 1, f"--target-accuracy must be in (0, 1], got {self.target_accuracy}"),
             (self.accuracy_window >= 1, f"--accuracy-window must be >= 1, got {self.accuracy_window}"),
-            (self.episode_windows >= 1, f"--episode-windows must be >= 1, got {self.episode_windows}"),
             (self.log_every is None or self.log_every >= 1, f"--log-every must be >= 1, got {self.log_every}"),
             (self.threads is None or self.threads >= 1, f"--threads must be >= 1, got {self.threads}"),
         ]
