@@ -301,7 +301,7 @@ def test_reproduce_recurrent_groups_runs_only_those_tasks_and_carries_the_others
     assert "rows of ptb-char are carried over" in report and "| 99 |" not in report
     # Each section states its own rows' budget: the carried PTB row's, not this run's.
     assert "Budget per row: 1.5 min; commit not recorded (carried over from an earlier run)." in report
-    assert "Budget per row: 200 samples; commit " in report
+    assert "Budget per row: 200 sequences; commit " in report
     code, _, err = run_cli(capfd, *args, "--groups", "copy,ptb")
     assert code == 2 and "unknown group(s) ptb" in err
 

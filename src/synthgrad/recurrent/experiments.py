@@ -98,7 +98,7 @@ def reproduce_recurrent(
         summary = train_recurrent(cfg, resume=True, progress=progress)
         results.append({**summary, "commit": summary.get("commit", commit), "carried": False})
         write_json(out / "report.json", results)  # rewritten after every row: a partial suite has a report too
-        (out / "report.md").write_text(_report(results, budget, quick, time.perf_counter() - t0, out))
+        (out / "report.md").write_text(_report(results, quick, time.perf_counter() - t0, out))
     print(f"report: {out / 'report.md'}")
     return out / "report.md"
 
@@ -126,12 +126,22 @@ def _machine() -> str:
     return f"{model}, {os.cpu_count()} cores"
 
 
+# What a row's `max_samples` counts, per task (the suite scales --samples-per-run per task, see `suite`).
+SAMPLE_UNIT = {
+    "copy": "sequences",
+    "repeat-copy": "sequences",
+    "ptb-char": "characters",
+    "multinet": "digits (all streams)",
+}
+
+
 def _section_budget(results: list[dict], task: str) -> list[str]:
     """A section's budget and commit, from its own rows (sections carried over may have run at another)."""
     rows = [r for r in results if r["task"] == task]
     if not rows:
         return []
-    budgets = sorted({f"{r['max_minutes']:g} min" if r.get("max_minutes") else f"{r.get('max_samples')} samples"
+    unit = SAMPLE_UNIT.get(task, "samples")
+    budgets = sorted({f"{r['max_minutes']:g} min" if r.get("max_minutes") else f"{r.get('max_samples')} {unit}"
                       for r in rows})  # fmt: skip
     commits = sorted({r.get("commit") or "not recorded" for r in rows})
     carried = " (carried over from an earlier run)" if any(r.get("carried") for r in rows) else ""
@@ -142,20 +152,18 @@ def _find(results: list[dict], task: str, method: str, T: int) -> dict | None:  
     return next((r for r in results if (r["task"], r["method"], r["T"]) == (task, method, T)), None)
 
 
-def _report(results: list[dict], budget: dict, quick: bool, elapsed: float, out: Path) -> str:
+def _report(results: list[dict], quick: bool, elapsed: float | None, out: Path) -> str:
     carried = [r for r in results if r.get("carried")]
     first = next((r for r in results if not r.get("carried")), results[0])
-    unit = f"{budget['max_minutes']} min of wall time" if "max_minutes" in budget else f"{budget['max_samples']}"
     lines = [
         "# Recurrent DNI: reproduction of PAPER.md §4–5",
         "",
-        f"Budget per row: {unit}"
-        + (" samples (PTB ×100 characters, two networks ×10 digits)" if "max_samples" in budget else "")
-        + f"; one thread per run on {_machine()}, torch {torch.__version__}, commit {first.get('commit') or _commit()}."
+        f"One thread per run on {_machine()}, torch {torch.__version__}. Every method of a task gets the same "
+        "budget; each section states its rows' budget and the commit they ran at."
         + (" **Quick smoke run: tiny networks, numbers meaningless.**" if quick else ""),
-        f"Suite wall time {elapsed / 60:.1f} min. Copy tasks: LSTM {first['hidden_size']}, "
-        f"batch {first['batch_size']}, curriculum on bits wrong per sequence < 0.15 "
-        "([Note: curriculum error] in synthgrad/recurrent/train.py).",
+        (f"Suite wall time {elapsed / 60:.1f} min. " if elapsed is not None else "")
+        + f"Copy tasks: LSTM {first['hidden_size']}, batch {first['batch_size']}, curriculum on bits wrong per "
+        "sequence < 0.15 ([Note: curriculum error] in synthgrad/recurrent/train.py).",
         "",
     ]
     if carried:
@@ -163,7 +171,7 @@ def _report(results: list[dict], budget: dict, quick: bool, elapsed: float, out:
         commits = ", ".join(sorted({r.get("commit") or "not recorded" for r in carried}))
         lines += [
             f"**Not re-run here:** the rows of {tasks} are carried over from an earlier report.json in this folder "
-            f"(commit {commits}; their budget may differ from the one above).",
+            f"(commit {commits}).",
             "",
         ]
     for task in ("copy", "repeat-copy"):
