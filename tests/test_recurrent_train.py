@@ -285,8 +285,9 @@ def test_reproduce_recurrent_quick_writes_every_row_beside_the_paper(capfd, tmp_
 def test_reproduce_recurrent_groups_runs_only_those_tasks_and_carries_the_others(capfd, tmp_path):
     out = tmp_path / "suite"
     out.mkdir()
+    # An old row says "carried": False, as every row a suite ran itself does; carrying it must set it to True.
     old_ptb = {"task": "ptb-char", "method": "bptt", "T": 8, "test_bpc": 1.989, "valid_bpc": 2.031, "samples": 7,
-               "hidden_size": 256, "batch_size": 32, "lr": 0.001, "max_minutes": 1.5}  # fmt: skip
+               "hidden_size": 256, "batch_size": 32, "lr": 0.001, "max_minutes": 1.5, "carried": False}  # fmt: skip
     old_copy = {**old_ptb, "task": "copy", "T": 2, "max_length": 99}
     (out / "report.json").write_text(json.dumps([old_copy, old_ptb]))
     args = ["reproduce", "recurrent", "--quick", "--threads", "1", "--no-progress", "--out", out]

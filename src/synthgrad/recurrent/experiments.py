@@ -87,7 +87,7 @@ def reproduce_recurrent(
     results: list[dict] = []
     if groups is not None and (out / "report.json").exists():
         previous = json.loads((out / "report.json").read_text())
-        results = [{"carried": True, **r} for r in previous if r["task"] not in groups]
+        results = [{**r, "carried": True} for r in previous if r["task"] not in groups]
     t0 = time.perf_counter()
     commit = _commit()
     for cfg in suite(budget, quick=quick, data_dir=data_dir, out=out):
