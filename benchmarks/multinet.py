@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from synthgrad.data import load_mnist, resolve_data_dir
-from synthgrad.recurrent.multinet import MultiNetSystem
+from synthgrad.recurrent.multinet import MultiNetSystem, at_target, moving_accuracy
 from synthgrad.recurrent.tasks import MultiNetTask
 
 VARIANTS = ("locked", "dni", "dni-zero-sg")
@@ -46,8 +46,8 @@ def run(variant: str, task: MultiNetTask, seed: int, args: argparse.Namespace) -
     reached = None
     while system.a_steps < args.max_steps:
         ep = system.train_episode(task.sample(args.batch, generator))
-        recent = [*recent, ep.b_correct / ep.batch][-args.window :]
-        if len(recent) == args.window and sum(recent) / len(recent) >= args.target:
+        recent = moving_accuracy(recent, ep.b_correct / ep.batch, args.window)
+        if at_target(recent, args.window, args.target):
             reached = ep.a_steps
             break
     elapsed = time.perf_counter() - t0

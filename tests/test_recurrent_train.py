@@ -161,8 +161,18 @@ def test_resume_after_an_interruption_gives_the_uninterrupted_numbers(
         (["--task", "multinet", "--method", "dni-aux"], ["multinet", "dni-aux"]),
         (["--task", "copy", "--layers", "3"], ["--layers"]),
         (["--T", "3"], ["--T", "--task"]),
+        (["--task", "copy", "--discount", "0"], ["--discount", "got 0"]),
     ],
-    ids=["ptb-missing", "T-0", "unknown-task", "copy-cdni", "multinet-aux", "feedforward-option", "T-without-task"],
+    ids=[
+        "ptb-missing",
+        "T-0",
+        "unknown-task",
+        "copy-cdni",
+        "multinet-aux",
+        "feedforward-option",
+        "T-without-task",
+        "discount-0",
+    ],
 )
 def test_bad_input_is_one_line_and_exit_2(capfd, tmp_path, args, needles):
     (tmp_path / "empty").mkdir()

@@ -84,6 +84,7 @@ _RECURRENT_OPTIONS = [
     ("--max-samples", int, "budget: sequences (copy), characters (ptb-char) or digits read (multinet)"),
     ("--max-minutes", float, "budget in wall-clock minutes (--resume continues the remaining time)"),
     ("--aux-weight", float, "weight of the DNI + Aux auxiliary loss"),
+    ("--discount", float, "dni, dni-aux: λ on the synthetic gradient, in (0, 1] ([Note: discount]); default per task"),
     ("--log-every", int, "samples between metric rows and checkpoints (ptb-char: validations)"),
     ("--curriculum-threshold", float, "copy tasks: bits wrong per sequence below which the length grows"),
     ("--curriculum-window", int, "copy tasks: batches averaged by the curriculum"),

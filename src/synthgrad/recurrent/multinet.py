@@ -260,6 +260,16 @@ class MultiNetSystem(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------- the training loop
+def moving_accuracy(recent: list[float], correct: float, window: int) -> list[float]:
+    """The last `window` per-episode accuracies, `correct` (B's, at the episode's last tick) appended."""
+    return [*recent, correct][-window:]
+
+
+def at_target(recent: list[float], window: int, target: float) -> bool:
+    """The definition of `steps_to_target`: a full window of episodes whose mean accuracy is at least `target`."""
+    return len(recent) == window and sum(recent) / window >= target
+
+
 def train_multinet(cfg: RecurrentConfig, session: Session, dataset: ImageDataset, ckpt: dict | None) -> dict:
     """Train the system on episodes from the training digits until the budget is spent; returns the task's
     part of the summary. A sample is one digit read by A (B per A-step); a row every `cfg.log_every` samples."""
@@ -280,11 +290,10 @@ def train_multinet(cfg: RecurrentConfig, session: Session, dataset: ImageDataset
         ep = system.train_episode(batch)
         session.check_finite(ep.b_loss, "B's loss")
         session.check_finite(ep.a_loss, "A's loss")
-        st["recent"] = [*st["recent"], ep.b_correct / ep.batch][-cfg.accuracy_window :]
-        st["recent_a"] = [*st["recent_a"], ep.a_correct / ep.batch][-cfg.accuracy_window :]
+        st["recent"] = moving_accuracy(st["recent"], ep.b_correct / ep.batch, cfg.accuracy_window)
+        st["recent_a"] = moving_accuracy(st["recent_a"], ep.a_correct / ep.batch, cfg.accuracy_window)
         moving = sum(st["recent"]) / len(st["recent"])
-        reached = len(st["recent"]) == cfg.accuracy_window and moving >= cfg.target_accuracy
-        if st["steps_to_target"] is None and reached:
+        if st["steps_to_target"] is None and at_target(st["recent"], cfg.accuracy_window, cfg.target_accuracy):
             st["steps_to_target"] = ep.a_steps
         sums = st["sums"]
         sums["episodes"] += 1

@@ -199,7 +199,7 @@ class RecurrentConfig:
             (self.synthesizer_lr is None or self.synthesizer_lr > 0, "--synthesizer-lr must be > 0"),
             (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
             (self.aux_weight >= 0, f"--aux-weight must be >= 0, got {self.aux_weight}"),
-            (self.discount is None or 0 < self.discount <= 1, f"discount must be in (0, 1], got {self.discount}"),
+            (self.discount is None or 0 < self.discount <= 1, f"--discount must be in (0, 1], got {self.discount}"),
             (self.max_samples is None or self.max_samples >= 1, f"--max-samples must be >= 1, got {self.max_samples}"),
             (self.max_minutes is None or self.max_minutes > 0, f"--max-minutes must be > 0, got {self.max_minutes}"),
             (self.curriculum_threshold > 0, f"--curriculum-threshold must be > 0, got {self.curriculum_threshold}"),
