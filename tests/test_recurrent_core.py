@@ -322,6 +322,10 @@ def test_bad_configuration_is_a_clear_error() -> None:
             TruncatedBPTT(core, readout, mse_step_loss, sgd, T=3, discount=discount)
     with pytest.raises(ConfigError, match="unknown recurrent method 'rtrl'"):
         TruncatedBPTT(core, readout, mse_step_loss, sgd, T=3, method="rtrl")
+    with pytest.raises(ConfigError, match="unknown synthesizer target 'oracle'"):
+        TruncatedBPTT(core, readout, mse_step_loss, sgd, T=3, synthesizer_target="oracle")
+    with pytest.raises(ConfigError, match="truncated BPTT has no synthesizer"):
+        TruncatedBPTT(core, readout, mse_step_loss, sgd, T=3, method="bptt", synthesizer_target="true")
     tr = TruncatedBPTT(core, readout, mse_step_loss, sgd, T=3, method=RecurrentMethod.DNI)
     inputs, targets, _ = make_data(4)
     with pytest.raises(ValueError, match="1..T=3"):
@@ -329,6 +333,30 @@ def test_bad_configuration_is_a_clear_error() -> None:
     scalar = TruncatedBPTT(core, readout, lambda p, t: mse_step_loss(p, t).mean(), sgd, T=3)
     with pytest.raises(ValueError, match="per example"):
         scalar.train_chunk(inputs[:3], targets[:3])
+
+
+@pytest.mark.parametrize("discount", [1.0, 0.1])
+def test_true_target_ablation_regresses_m_onto_the_full_bptt_gradient(discount) -> None:
+    """[Note: true-target ablation]: M's target at every boundary is the reference's full-BPTT future gradient
+    (undiscounted, whatever λ), under the weights at the start of the episode (`accumulate`: no core update
+    inside it, so the boundary states are the reference's too); M trains on it, and the core still receives
+    λ·M(s_end)."""
+    core, readout = make_model()
+    inputs, targets, mask = make_data(11)
+    expected = oracle_table(core, readout, inputs, targets, mask, 3)
+    tr = TruncatedBPTT(
+        copy.deepcopy(core), copy.deepcopy(readout), mse_step_loss, sgd, T=3, method="dni", discount=discount,
+        synthesizer_target="true",
+    )  # fmt: skip
+    stats = tr.train_sequence(inputs, targets, mask, accumulate=True)
+    assert stats[0].target is None and len(stats) == len(expected) + 1
+    for s, (_, g) in zip(stats[1:], expected, strict=True):
+        assert torch.allclose(s.target, g, rtol=0, atol=TOL)
+    assert torch.count_nonzero(tr.synthesizer.net.out.weight) > 0  # M trained on those targets ...
+    assert torch.count_nonzero(stats[2].synthetic) > 0  # ... and what it then predicts reaches the core
+    bootstrapped = TruncatedBPTT(copy.deepcopy(core), copy.deepcopy(readout), mse_step_loss, sgd, T=3, method="dni")
+    boot = bootstrapped.train_sequence(inputs, targets, mask, accumulate=True)
+    assert not torch.allclose(boot[1].target, stats[1].target, rtol=0, atol=1e-6)  # the choice matters
 
 
 def test_training_state_round_trip_resumes_exactly() -> None:

@@ -101,6 +101,16 @@ def test_copy_curriculum_grows_the_length_when_the_error_is_below_threshold(capf
     assert json.loads((tmp_path / "b" / "summary.json").read_text())["max_length"] == 0
 
 
+def test_copy_true_target_ablation_runs_and_says_so(capfd, tmp_path):
+    out = tmp_path / "run"
+    args = ["--method", "dni", "--T", "2", "--synthesizer-target", "true", "--max-samples", "40", "--log-every", "16"]
+    code, _, err = run_cli(capfd, "train", "--task", "copy", *TINY, *args, "--out", out)
+    assert code == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["synthesizer_target"] == "true" and summary["samples"] >= 40
+    assert read_rows(out)[-1]["sg_loss"] > 0  # M regressed onto a non-zero target
+
+
 def test_ptb_short_run_on_the_real_data_learns_below_uniform(capfd, tmp_path):
     out = tmp_path / "run"
     args = ["--task", "ptb-char", "--method", "dni", "--T", "8", "--hidden-size", "32", "--batch-size", "16"]
@@ -162,6 +172,9 @@ def test_resume_after_an_interruption_gives_the_uninterrupted_numbers(
         (["--task", "copy", "--layers", "3"], ["--layers"]),
         (["--T", "3"], ["--T", "--task"]),
         (["--task", "copy", "--discount", "0"], ["--discount", "got 0"]),
+        (["--task", "ptb-char", "--synthesizer-target", "true"], ["--synthesizer-target", "copy"]),
+        (["--task", "copy", "--method", "bptt", "--synthesizer-target", "true"], ["--synthesizer-target", "dni"]),
+        (["--task", "copy", "--synthesizer-target", "oracle"], ["--synthesizer-target", "'oracle'"]),
     ],
     ids=[
         "ptb-missing",
@@ -172,6 +185,9 @@ def test_resume_after_an_interruption_gives_the_uninterrupted_numbers(
         "feedforward-option",
         "T-without-task",
         "discount-0",
+        "true-target-ptb",
+        "true-target-bptt",
+        "unknown-target",
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(capfd, tmp_path, args, needles):

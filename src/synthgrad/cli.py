@@ -76,15 +76,22 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-# Options of recurrent training (`--task`): (flag, type, help). The CLI only parses them into RecurrentConfig.
+# Options of recurrent training (`--task`): (flag, type or list of choices, help). The CLI only parses them into
+# RecurrentConfig.
+_RECURRENT_TASKS = ["copy", "repeat-copy", "ptb-char", "multinet"]
 _RECURRENT_OPTIONS = [
-    ("--task", None, "recurrent task: copy, repeat-copy, ptb-char or multinet (PAPER.md §4-5)"),
+    ("--task", _RECURRENT_TASKS, "recurrent task (PAPER.md §4-5)"),
     ("--T", int, "chunk length of truncated BPTT (multinet: B's tick period); default per task"),
     ("--hidden-size", int, "LSTM units; default per task"),
     ("--max-samples", int, "budget: sequences (copy), characters (ptb-char) or digits read (multinet)"),
     ("--max-minutes", float, "budget in wall-clock minutes (--resume continues the remaining time)"),
     ("--aux-weight", float, "weight of the DNI + Aux auxiliary loss"),
     ("--discount", float, "dni, dni-aux: λ on the synthetic gradient, in (0, 1] ([Note: discount]); default per task"),
+    (
+        "--synthesizer-target",
+        ["bootstrap", "true"],
+        "dni, dni-aux on copy tasks: what M regresses onto; true = the full-BPTT gradient, a diagnostic upper bound",
+    ),
     ("--log-every", int, "samples between metric rows and checkpoints (ptb-char: validations)"),
     ("--curriculum-threshold", float, "copy tasks: bits wrong per sequence below which the length grows"),
     ("--curriculum-window", int, "copy tasks: batches averaged by the curriculum"),
@@ -94,13 +101,12 @@ _RECURRENT_OPTIONS = [
     ("--target-accuracy", float, "multinet: B's moving accuracy for steps_to_target (0..1)"),
     ("--accuracy-window", int, "multinet: episodes in that moving accuracy"),
 ]
-_RECURRENT_TASKS = ["copy", "repeat-copy", "ptb-char", "multinet"]
 
 
 def add_recurrent_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("recurrent training (with --task)")
     for flag, kind, text in _RECURRENT_OPTIONS:
-        extra = {"choices": _RECURRENT_TASKS} if flag == "--task" else {"type": kind}
+        extra = {"choices": kind} if isinstance(kind, list) else {"type": kind}
         g.add_argument(flag, help=text, **extra)
 
 

@@ -77,6 +77,18 @@ that yields the target come from `synthgrad.core` ([Note: SG units], [Note: SG l
     in this mode only. The target ĝ_end is the same for every step of a chunk, so the prediction is harder the
     earlier the step; predicting "the gradient at the next boundary" rather than "T steps ahead" keeps the
     target one that exists for every step without running beyond the chunk.
+
+[Note: true-target ablation]
+    How much of the gap between DNI and full BPTT is the synthesizer's *form* (a linear map of the state) and
+    how much its *training signal* (the bootstrap, which carries the future back one chunk per update and
+    feeds on its own output)? `synthesizer_target="true"` answers the second half: M regresses onto the true
+    gradient of the whole future loss (`true_future_gradients`, full BPTT over the episode) instead of the
+    bootstrapped target; everything else is unchanged, the core still trains chunk by chunk on loss + λ·ĝ.
+    It needs the whole episode in advance (`train_sequence` only) and a full forward and backward pass per
+    episode, so it is an analysis tool, not a decoupled method: an upper bound for what a synthesizer of this
+    form can give the core. The true gradients are taken under the weights at the start of the episode; the
+    chunks' own updates within the episode move the states they are compared with by O(lr). The undiscounted
+    gradient is the target whatever λ is; λ still scales what the core receives.
 """
 
 from __future__ import annotations
@@ -138,6 +150,13 @@ class RecurrentMethod(enum.Enum):
     BPTT = "bptt"  # truncated BPTT: 0 at every chunk boundary
     DNI = "dni"  # a synthetic gradient at every chunk boundary
     DNI_AUX = "dni-aux"  # DNI + the auxiliary task of [Note: DNI + Aux]
+
+
+class SynthesizerTarget(enum.Enum):
+    """What M regresses onto ([Note: true-target ablation])."""
+
+    BOOTSTRAP = "bootstrap"  # the paper's: the next chunk's gradient plus λ·ĝ carried back (PAPER.md §4)
+    TRUE = "true"  # diagnostic: the true future gradient by full BPTT over the episode (not decoupled)
 
 
 def state_shapes(core: RecurrentCore) -> list[tuple[int, ...]]:
@@ -252,6 +271,8 @@ class TruncatedBPTT(nn.Module):
         aux_weight: weight of L_aux ([Note: DNI + Aux]).
         discount: λ in (0, 1], the factor of the synthetic gradient where it enters the backward pass (and so
             the bootstrapped target), see [Note: discount]; 1 is the plain formula.
+        synthesizer_target: what M regresses onto in `train_sequence`: "bootstrap" (the paper's) or "true"
+            (the diagnostic of [Note: true-target ablation]).
     """
 
     def __init__(
@@ -268,6 +289,7 @@ class TruncatedBPTT(nn.Module):
         aux_head: nn.Module | None = None,
         aux_weight: float = 1.0,
         discount: float = 1.0,
+        synthesizer_target: SynthesizerTarget | str = SynthesizerTarget.BOOTSTRAP,
     ) -> None:
         super().__init__()
         if not isinstance(core, RecurrentCore):
@@ -283,6 +305,13 @@ class TruncatedBPTT(nn.Module):
             raise ConfigError(f"aux_weight must be >= 0, got {aux_weight}")
         if not 0 < discount <= 1:
             raise ConfigError(f"the synthetic-gradient discount must be in (0, 1], got {discount}")
+        try:
+            self.synthesizer_target = SynthesizerTarget(synthesizer_target)
+        except ValueError:
+            choices = ", ".join(m.value for m in SynthesizerTarget)
+            raise ConfigError(f"unknown synthesizer target {synthesizer_target!r}; choose one of {choices}") from None
+        if self.synthesizer_target is SynthesizerTarget.TRUE and self.method is RecurrentMethod.BPTT:
+            raise ConfigError("a synthesizer target applies to dni and dni-aux; truncated BPTT has no synthesizer")
         self.core, self.readout, self.loss_fn, self.T = core, readout, loss_fn, T
         self.shapes = state_shapes(core)
         self.synthesizer: BoundarySynthesizer | None = None
@@ -321,6 +350,7 @@ class TruncatedBPTT(nn.Module):
         accumulate: bool = False,
         start_context: Tensor | None = None,
         end_context: Tensor | None = None,
+        synthesizer_target: Tensor | None = None,
     ) -> tuple[State, ChunkStats]:
         """One chunk: forward ≤ T steps, one backward pass, one update of the core and of M.
 
@@ -333,6 +363,8 @@ class TruncatedBPTT(nn.Module):
             accumulate: leave the core's gradient in `.grad` without stepping (call `step()` later); M still
                 trains every chunk.
             start_context, end_context: (B, C) contexts of M at the two boundaries, if M is conditioned.
+            synthesizer_target: (B, D) what M's prediction at the start boundary regresses onto instead of the
+                bootstrapped target ([Note: true-target ablation]); None: the bootstrap.
 
         Returns:
             (the end state, detached; `ChunkStats`).
@@ -344,9 +376,10 @@ class TruncatedBPTT(nn.Module):
             raise ValueError(f"mask {tuple(mask.shape)} != (steps, batch) {tuple(inputs.shape[:2])}")
         synth = self.synthesizer
         wants_target = synth is not None and state is not None
+        bootstrap = wants_target and synthesizer_target is None  # the target comes from this backward pass
         if state is None:
             state = self.core.initial_state(inputs.shape[1])
-        start = flatten_state(state).detach().requires_grad_(wants_target)  # (B, D), the start leaf
+        start = flatten_state(state).detach().requires_grad_(bootstrap)  # (B, D), the start leaf
         loss, outs, preds, end_state = unroll(
             self.core, self.readout, self.loss_fn, inputs, targets, unflatten_state(start, self.shapes), mask
         )
@@ -366,8 +399,8 @@ class TruncatedBPTT(nn.Module):
         prediction = synth(start.detach(), start_context) if wants_target else None  # graph to M only
         # [Note: a chunk without signal]: nothing scored, no synthetic gradient, no aux loss -> no update.
         signal = mask is None or bool(mask.any()) or synthetic is not None or self.aux_head is not None
-        target = backward_through(objective, None, start) if wants_target else None
-        if signal and not wants_target:
+        target = backward_through(objective, None, start) if bootstrap else synthesizer_target
+        if signal and not bootstrap:
             backward_through(objective, None, None)
         if signal and not accumulate:
             self.step()
@@ -405,13 +438,18 @@ class TruncatedBPTT(nn.Module):
     ) -> list[ChunkStats]:
         """A whole sequence (S, B, ...) from the initial state, in chunks of T; `accumulate` steps once at the
         end (one update from the whole sequence's chunked gradient)."""
+        true = None  # the true future gradient at every boundary, [Note: true-target ablation]
+        if self.synthesizer is not None and self.synthesizer_target is SynthesizerTarget.TRUE:
+            true = true_future_gradients(self.core, self.readout, self.loss_fn, inputs, targets, self.T, mask)
         stats, state = [], None
-        for lo in range(0, inputs.shape[0], self.T):
+        for k, lo in enumerate(range(0, inputs.shape[0], self.T)):
             hi = min(lo + self.T, inputs.shape[0])
             m = mask[lo:hi] if mask is not None else None
+            given = true[k - 1] if true is not None and k > 0 else None  # boundary k - 1 starts chunk k
             state, s = self.train_chunk(
-                inputs[lo:hi], targets[lo:hi], state, mask=m, last=hi == inputs.shape[0], accumulate=accumulate
-            )
+                inputs[lo:hi], targets[lo:hi], state, mask=m, last=hi == inputs.shape[0], accumulate=accumulate,
+                synthesizer_target=given,
+            )  # fmt: skip
             stats.append(s)
         if accumulate:
             self.step()

@@ -144,6 +144,7 @@ class RecurrentConfig:
     batch_size: int = 32  # sequences per batch (PTB: parallel streams); not in the paper, cheap on a CPU
     aux_weight: float = 1.0  # DNI + Aux: weight of the auxiliary loss ([Note: DNI + Aux] in core.py)
     discount: float | None = None  # λ on the synthetic gradient ([Note: discount] in core.py); None: the task's
+    synthesizer_target: str = "bootstrap"  # or "true": Copy tasks' diagnostic ([Note: true-target ablation])
     seed: int = 0  # weights, data order and generated sequences
     # -- budget (at least one; the run stops at the first update that reaches either)
     max_samples: int | None = None  # sequences (Copy), characters (PTB), digits read (multinet): deterministic
@@ -217,6 +218,13 @@ class RecurrentConfig:
                 raise ConfigError(message)
         if self.max_samples is None and self.max_minutes is None:
             raise ConfigError("a budget is needed: --max-samples S or --max-minutes M")
+        if self.synthesizer_target not in ("bootstrap", "true"):
+            raise ConfigError(f"--synthesizer-target must be bootstrap or true, got {self.synthesizer_target!r}")
+        if self.synthesizer_target == "true":
+            if self.task not in _COPY_TASKS:
+                raise ConfigError("--synthesizer-target true needs episodes that end: --task copy or repeat-copy")
+            if self.method is RecurrentMethod.BPTT:
+                raise ConfigError("--synthesizer-target applies to --method dni and dni-aux (bptt has no synthesizer)")
         if self.task is RecurrentTask.MULTINET and self.method is RecurrentMethod.DNI_AUX:
             raise ConfigError("--task multinet runs locked (--method bptt) or with a DNI (--method dni), not dni-aux")
         return self
@@ -259,7 +267,8 @@ def train_recurrent(cfg: RecurrentConfig, *, resume: bool = False, progress: boo
             summary = {
                 "task": cfg.task.value, "method": cfg.method.value, "T": cfg.T, "hidden_size": cfg.hidden_size,
                 "batch_size": cfg.batch_size, "lr": cfg.lr, "synthesizer_lr": cfg.synthesizer_lr,
-                "discount": cfg.discount, "seed": cfg.seed, "samples": p.samples,
+                "discount": cfg.discount, "synthesizer_target": cfg.synthesizer_target, "seed": cfg.seed,
+                "samples": p.samples,
                 "updates": p.updates, "wall_time_s": p.wall_time_s, "max_samples": cfg.max_samples,
                 "max_minutes": cfg.max_minutes, **result,
             }  # fmt: skip
@@ -274,6 +283,7 @@ def _trainer(cfg: RecurrentConfig, core: nn.Module, readout: nn.Module, loss_fn)
     return TruncatedBPTT(
         core, readout, loss_fn, adam(cfg.lr), T=cfg.T, method=cfg.method,
         synthesizer_optimizer=adam(cfg.synthesizer_lr), aux_weight=cfg.aux_weight, discount=cfg.discount,
+        synthesizer_target=cfg.synthesizer_target,
     )  # fmt: skip
 
 
