@@ -99,6 +99,29 @@ def oracle_table(core, readout, inputs, targets, mask, T):  # noqa: N803
     return [(c.detach(), g * B) for c, g in zip(cuts, grads, strict=True)]
 
 
+def discounted_table(core, readout, inputs, targets, mask, T, discount):  # noqa: N803
+    """g_k = Σ_{j≥1} λ^{j-1}·B·∂L_{k+j}/∂s_k at every boundary k, each chunk's loss differentiated on its own
+    through one full unroll (no recursion: an independent route to `true_future_gradients`' formula)."""
+    state, cuts, chunk_losses = core.initial_state(B), [], []
+    for lo, hi in chunks(inputs.shape[0], T):
+        if lo > 0:
+            cuts.append(flat(state))
+            state = split(cuts[-1], state)
+        loss = inputs.new_zeros(())
+        for t in range(lo, hi):
+            out, state = core.step(inputs[t], state)
+            loss = loss + (mse_step_loss(readout(out), targets[t]) * mask[t]).mean()
+        chunk_losses.append(loss)
+    table = []
+    for k, cut in enumerate(cuts):  # boundary k starts chunk k + 1
+        g = torch.zeros_like(cut)
+        for j, later in enumerate(chunk_losses[k + 1 :]):
+            (d,) = torch.autograd.grad(later, cut, retain_graph=True, allow_unused=True)
+            g = g + discount**j * B * (d if d is not None else 0)
+        table.append(g)
+    return table
+
+
 class StateOracle(nn.Module):
     """A parameter-free synthesizer returning the true future gradient of whichever boundary state it is shown."""
 
@@ -335,15 +358,27 @@ def test_bad_configuration_is_a_clear_error() -> None:
         scalar.train_chunk(inputs[:3], targets[:3])
 
 
+@pytest.mark.parametrize("kind", sorted(CORES))
+@pytest.mark.parametrize("discount", [1.0, 0.3])
+def test_discounted_oracle_is_the_discounted_sum_of_future_chunk_gradients(kind, discount) -> None:
+    core, readout = make_model(kind)
+    inputs, targets, mask = make_data(11)
+    expected = discounted_table(core, readout, inputs, targets, mask, 3, discount)
+    lib = true_future_gradients(core, readout, mse_step_loss, inputs, targets, 3, mask, discount=discount)
+    assert len(lib) == len(expected) == 3 and all(g.abs().max() > 1e-3 for g in expected)
+    for g, g_lib in zip(expected, lib, strict=True):
+        assert torch.allclose(g, g_lib, rtol=0, atol=TOL)
+
+
 @pytest.mark.parametrize("discount", [1.0, 0.1])
-def test_true_target_ablation_regresses_m_onto_the_full_bptt_gradient(discount) -> None:
-    """[Note: true-target ablation]: M's target at every boundary is the reference's full-BPTT future gradient
-    (undiscounted, whatever λ), under the weights at the start of the episode (`accumulate`: no core update
-    inside it, so the boundary states are the reference's too); M trains on it, and the core still receives
-    λ·M(s_end)."""
+def test_true_target_ablation_regresses_m_onto_the_exact_discounted_future_gradient(discount) -> None:
+    """[Note: true-target ablation]: M's target at every boundary is the reference's exact future gradient
+    discounted by λ per chunk (λ = 1: full BPTT's), under the weights at the start of the episode
+    (`accumulate`: no core update inside it, so the boundary states are the reference's too); M trains on it,
+    and the core still receives λ·M(s_end)."""
     core, readout = make_model()
     inputs, targets, mask = make_data(11)
-    expected = oracle_table(core, readout, inputs, targets, mask, 3)
+    expected = [(None, g) for g in discounted_table(core, readout, inputs, targets, mask, 3, discount)]
     tr = TruncatedBPTT(
         copy.deepcopy(core), copy.deepcopy(readout), mse_step_loss, sgd, T=3, method="dni", discount=discount,
         synthesizer_target="true",

@@ -79,16 +79,17 @@ that yields the target come from `synthgrad.core` ([Note: SG units], [Note: SG l
     target one that exists for every step without running beyond the chunk.
 
 [Note: true-target ablation]
-    How much of the gap between DNI and full BPTT is the synthesizer's *form* (a linear map of the state) and
-    how much its *training signal* (the bootstrap, which carries the future back one chunk per update and
-    feeds on its own output)? `synthesizer_target="true"` answers the second half: M regresses onto the true
-    gradient of the whole future loss (`true_future_gradients`, full BPTT over the episode) instead of the
-    bootstrapped target; everything else is unchanged, the core still trains chunk by chunk on loss + λ·ĝ.
-    It needs the whole episode in advance (`train_sequence` only) and a full forward and backward pass per
-    episode, so it is an analysis tool, not a decoupled method: an upper bound for what a synthesizer of this
-    form can give the core. The true gradients are taken under the weights at the start of the episode; the
-    chunks' own updates within the episode move the states they are compared with by O(lr). The undiscounted
-    gradient is the target whatever λ is; λ still scales what the core receives.
+    How much of the gap between DNI and full BPTT is the synthesizer's *form* (a linear map of the state), how
+    much the *horizon* of its target (the discount λ), and how much the *bootstrap* itself (which carries the
+    future back one chunk per update and feeds on its own output)? `synthesizer_target="true"` regresses M onto
+    what the bootstrap would converge to if M were perfect: the exact discounted future gradient
+    g_k = B·∂L_{k+1}/∂s_k + λ(∂s_{k+1}/∂s_k)ᵀ g_{k+1} (`true_future_gradients`, computed from the whole episode),
+    at λ = 1 the true gradient of all future loss, as full BPTT gives it. Everything else is unchanged: the core
+    still trains chunk by chunk on its loss + λ·ĝ. So at a given λ, true vs bootstrap measures the bootstrap's
+    learning dynamics, and true at λ = 1 bounds what a synthesizer of this form can give the core.
+    It needs the whole episode in advance (`train_sequence` only) and a second pass over it, so it is an
+    analysis tool, not a decoupled method. The gradients are taken under the weights at the start of the
+    episode; the chunks' own updates within the episode move the states they are compared with by O(lr).
 """
 
 from __future__ import annotations
@@ -440,7 +441,9 @@ class TruncatedBPTT(nn.Module):
         end (one update from the whole sequence's chunked gradient)."""
         true = None  # the true future gradient at every boundary, [Note: true-target ablation]
         if self.synthesizer is not None and self.synthesizer_target is SynthesizerTarget.TRUE:
-            true = true_future_gradients(self.core, self.readout, self.loss_fn, inputs, targets, self.T, mask)
+            true = true_future_gradients(
+                self.core, self.readout, self.loss_fn, inputs, targets, self.T, mask, discount=self.discount
+            )
         stats, state = [], None
         for k, lo in enumerate(range(0, inputs.shape[0], self.T)):
             hi = min(lo + self.T, inputs.shape[0])
@@ -485,23 +488,39 @@ def true_future_gradients(
     targets: Tensor,
     T: int,  # noqa: N803
     mask: Tensor | None = None,
+    *,
+    discount: float = 1.0,
 ) -> list[Tensor]:
-    """The oracle: per-example B·∂L/∂s_{kT} at every boundary k = 1 … ⌈S/T⌉−1 inside a sequence (S, B, ...),
-    by full BPTT from the initial state, L the whole sequence's loss ([Note: chunk loss]). Only the loss after
-    step kT depends on s_{kT}, so this is the true gradient of the future loss. Leaves `.grad` untouched.
+    """The oracle: per-example gradients of the future loss at every boundary k = 1 … ⌈S/T⌉−1 inside a sequence
+    (S, B, ...), computed exactly from the initial state, L per [Note: chunk loss]. Leaves `.grad` untouched.
+
+        g_k = B·∂L_{k+1}/∂s_k + λ (∂s_{k+1}/∂s_k)ᵀ g_{k+1},   g at the sequence end = 0
+
+    (L_{k+1}: the loss of the chunk after boundary k). At λ = `discount` = 1 this is B·∂L/∂s_k, the true gradient
+    of all the loss after s_k (only that loss depends on s_k: full BPTT); at λ < 1 it is the fixed point of the
+    discounted bootstrap ([Note: discount]), the target a perfect synthesizer would be trained on.
 
     Returns a list of (B, D) tensors, D = the flattened state size.
     """
-    shapes = state_shapes(core)
-    state, loss, cuts = core.initial_state(inputs.shape[1]), inputs.new_zeros(()), []
-    with torch.enable_grad():
-        for lo in range(0, inputs.shape[0], T):
-            if lo > 0:
-                cuts.append(flatten_state(state))
-                state = unflatten_state(cuts[-1], shapes)
-            hi = min(lo + T, inputs.shape[0])
+    shapes, steps = state_shapes(core), inputs.shape[0]
+    with torch.no_grad():  # the boundary states, by one forward pass
+        state, starts = core.initial_state(inputs.shape[1]), []
+        for t in range(steps):
+            if t > 0 and t % T == 0:
+                starts.append(flatten_state(state))
+            _, state = core.step(inputs[t], state)
+    grads: list[Tensor] = []
+    with torch.enable_grad():  # backwards, one chunk at a time, carrying λ·g into the chunk before
+        for k in reversed(range(len(starts))):
+            lo = (k + 1) * T
+            hi = min(lo + T, steps)
+            leaf = starts[k].requires_grad_(True)
             m = mask[lo:hi] if mask is not None else None
-            chunk_loss, _, _, state = unroll(core, readout, loss_fn, inputs[lo:hi], targets[lo:hi], state, m)
-            loss = loss + chunk_loss
-        grads = torch.autograd.grad(loss, cuts, allow_unused=True) if cuts else ()
-    return [to_synthesizer_units(g if g is not None else torch.zeros_like(c)) for g, c in zip(grads, cuts, strict=True)]
+            loss, _, _, end = unroll(
+                core, readout, loss_fn, inputs[lo:hi], targets[lo:hi], unflatten_state(leaf, shapes), m
+            )
+            if grads:
+                loss = loss + (flatten_state(end) * to_module_grad(discount * grads[-1])).sum()
+            (g,) = torch.autograd.grad(loss, leaf, allow_unused=True)
+            grads.append(to_synthesizer_units(g if g is not None else torch.zeros_like(leaf)))
+    return grads[::-1]
