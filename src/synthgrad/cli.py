@@ -90,7 +90,8 @@ _RECURRENT_OPTIONS = [
     (
         "--synthesizer-target",
         ["bootstrap", "true"],
-        "dni, dni-aux on copy tasks: what M regresses onto; true = the full-BPTT gradient, a diagnostic upper bound",
+        "dni, dni-aux on copy tasks: what M regresses onto; true: the exact future gradient, discounted by "
+        "--discount (1: full BPTT's), a diagnostic",
     ),
     ("--log-every", int, "samples between metric rows and checkpoints (ptb-char: validations)"),
     ("--curriculum-threshold", float, "copy tasks: bits wrong per sequence below which the length grows"),

@@ -157,7 +157,7 @@ class SynthesizerTarget(enum.Enum):
     """What M regresses onto ([Note: true-target ablation])."""
 
     BOOTSTRAP = "bootstrap"  # the paper's: the next chunk's gradient plus λ·ĝ carried back (PAPER.md §4)
-    TRUE = "true"  # diagnostic: the true future gradient by full BPTT over the episode (not decoupled)
+    TRUE = "true"  # diagnostic: the exact λ-discounted future gradient, from the whole episode (not decoupled)
 
 
 def state_shapes(core: RecurrentCore) -> list[tuple[int, ...]]:
@@ -503,24 +503,21 @@ def true_future_gradients(
     Returns a list of (B, D) tensors, D = the flattened state size.
     """
     shapes, steps = state_shapes(core), inputs.shape[0]
-    with torch.no_grad():  # the boundary states, by one forward pass
-        state, starts = core.initial_state(inputs.shape[1]), []
-        for t in range(steps):
-            if t > 0 and t % T == 0:
-                starts.append(flatten_state(state))
-            _, state = core.step(inputs[t], state)
-    grads: list[Tensor] = []
-    with torch.enable_grad():  # backwards, one chunk at a time, carrying λ·g into the chunk before
-        for k in reversed(range(len(starts))):
-            lo = (k + 1) * T
-            hi = min(lo + T, steps)
-            leaf = starts[k].requires_grad_(True)
+    state, chunks = core.initial_state(inputs.shape[1]), []
+    for lo in range(0, steps, T):  # one forward pass, each chunk's graph cut from the one before
+        hi = min(lo + T, steps)
+        with torch.set_grad_enabled(lo > 0):  # the first chunk has no boundary before it
+            leaf = flatten_state(state).detach().requires_grad_(lo > 0)
             m = mask[lo:hi] if mask is not None else None
-            loss, _, _, end = unroll(
+            loss, _, _, state = unroll(
                 core, readout, loss_fn, inputs[lo:hi], targets[lo:hi], unflatten_state(leaf, shapes), m
             )
+        chunks.append((leaf, loss, flatten_state(state)))
+    grads: list[Tensor] = []
+    with torch.enable_grad():  # backwards, one chunk at a time, carrying λ·g into the chunk before
+        for leaf, loss, end in reversed(chunks[1:]):  # chunk k + 1 starts at boundary k
             if grads:
-                loss = loss + (flatten_state(end) * to_module_grad(discount * grads[-1])).sum()
+                loss = loss + (end * to_module_grad(discount * grads[-1])).sum()
             (g,) = torch.autograd.grad(loss, leaf, allow_unused=True)
             grads.append(to_synthesizer_units(g if g is not None else torch.zeros_like(leaf)))
     return grads[::-1]
