@@ -351,7 +351,7 @@ class TruncatedBPTT(nn.Module):
         accumulate: bool = False,
         start_context: Tensor | None = None,
         end_context: Tensor | None = None,
-        synthesizer_target: Tensor | None = None,
+        given_target: Tensor | None = None,
     ) -> tuple[State, ChunkStats]:
         """One chunk: forward ≤ T steps, one backward pass, one update of the core and of M.
 
@@ -364,7 +364,7 @@ class TruncatedBPTT(nn.Module):
             accumulate: leave the core's gradient in `.grad` without stepping (call `step()` later); M still
                 trains every chunk.
             start_context, end_context: (B, C) contexts of M at the two boundaries, if M is conditioned.
-            synthesizer_target: (B, D) what M's prediction at the start boundary regresses onto instead of the
+            given_target: (B, D) what M's prediction at the start boundary regresses onto instead of the
                 bootstrapped target ([Note: true-target ablation]); None: the bootstrap.
 
         Returns:
@@ -377,7 +377,7 @@ class TruncatedBPTT(nn.Module):
             raise ValueError(f"mask {tuple(mask.shape)} != (steps, batch) {tuple(inputs.shape[:2])}")
         synth = self.synthesizer
         wants_target = synth is not None and state is not None
-        bootstrap = wants_target and synthesizer_target is None  # the target comes from this backward pass
+        bootstrap = wants_target and given_target is None  # the target comes from this backward pass
         if state is None:
             state = self.core.initial_state(inputs.shape[1])
         start = flatten_state(state).detach().requires_grad_(bootstrap)  # (B, D), the start leaf
@@ -400,7 +400,7 @@ class TruncatedBPTT(nn.Module):
         prediction = synth(start.detach(), start_context) if wants_target else None  # graph to M only
         # [Note: a chunk without signal]: nothing scored, no synthetic gradient, no aux loss -> no update.
         signal = mask is None or bool(mask.any()) or synthetic is not None or self.aux_head is not None
-        target = backward_through(objective, None, start) if bootstrap else synthesizer_target
+        target = backward_through(objective, None, start) if bootstrap else given_target
         if signal and not bootstrap:
             backward_through(objective, None, None)
         if signal and not accumulate:
@@ -451,7 +451,7 @@ class TruncatedBPTT(nn.Module):
             given = true[k - 1] if true is not None and k > 0 else None  # boundary k - 1 starts chunk k
             state, s = self.train_chunk(
                 inputs[lo:hi], targets[lo:hi], state, mask=m, last=hi == inputs.shape[0], accumulate=accumulate,
-                synthesizer_target=given,
+                given_target=given,
             )  # fmt: skip
             stats.append(s)
         if accumulate:

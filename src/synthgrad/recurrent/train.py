@@ -65,7 +65,7 @@ from synthgrad.checkpoint import write_json
 from synthgrad.data import ImageDataset, load_mnist, resolve_data_dir
 from synthgrad.decoupled import adam
 from synthgrad.errors import ConfigError
-from synthgrad.recurrent.core import LSTMCore, RecurrentMethod, TruncatedBPTT
+from synthgrad.recurrent.core import LSTMCore, RecurrentMethod, SynthesizerTarget, TruncatedBPTT
 from synthgrad.recurrent.run import RESUMABLE, Session, plot_curves
 from synthgrad.recurrent.tasks import (
     CharCorpus,
@@ -130,6 +130,14 @@ _PER_TASK: dict[str, dict[RecurrentTask, float]] = {
 }
 
 
+# Config fields holding an enum: from_dict converts the CLI's strings, to_dict writes the values back.
+_ENUM_FIELDS: dict[str, type[enum.Enum]] = {
+    "task": RecurrentTask,
+    "method": RecurrentMethod,
+    "synthesizer_target": SynthesizerTarget,
+}
+
+
 @dataclass(frozen=True)
 class RecurrentConfig:
     # -- what to train
@@ -144,7 +152,7 @@ class RecurrentConfig:
     batch_size: int = 32  # sequences per batch (PTB: parallel streams); not in the paper, cheap on a CPU
     aux_weight: float = 1.0  # DNI + Aux: weight of the auxiliary loss ([Note: DNI + Aux] in core.py)
     discount: float | None = None  # λ on the synthetic gradient ([Note: discount] in core.py); None: the task's
-    synthesizer_target: str = "bootstrap"  # or "true": Copy tasks' diagnostic ([Note: true-target ablation])
+    synthesizer_target: SynthesizerTarget = SynthesizerTarget.BOOTSTRAP  # TRUE: Copy tasks' diagnostic, core.py
     seed: int = 0  # weights, data order and generated sequences
     # -- budget (at least one; the run stops at the first update that reaches either)
     max_samples: int | None = None  # sequences (Copy), characters (PTB), digits read (multinet): deterministic
@@ -174,13 +182,14 @@ class RecurrentConfig:
             names = ", ".join("--" + k.replace("_", "-") for k in unknown)
             raise ConfigError(f"{names}: not an option of recurrent training (--task); see synthgrad train --help")
         values = dict(values)
-        for key, kind in (("task", RecurrentTask), ("method", RecurrentMethod)):
+        for key, kind in _ENUM_FIELDS.items():
             if key in values and not isinstance(values[key], kind):
                 try:
                     values[key] = kind(values[key])
                 except ValueError:
                     choices = ", ".join(m.value for m in kind)
-                    raise ConfigError(f"--{key} {values[key]} is not a recurrent {key}: use {choices}") from None
+                    flag, what = key.replace("_", "-"), key.replace("_", " ")
+                    raise ConfigError(f"--{flag} {values[key]} is not a recurrent {what}: use {choices}") from None
         return cls(**values)
 
     def resolve(self) -> RecurrentConfig:
@@ -191,8 +200,9 @@ class RecurrentConfig:
 
     def validate(self) -> RecurrentConfig:
         """Raise `ConfigError` naming the offending value; return self for chaining."""
-        if not isinstance(self.task, RecurrentTask) or not isinstance(self.method, RecurrentMethod):
-            raise ConfigError(f"task/method must be enums, got {self.task!r}/{self.method!r} (use from_dict)")
+        for key, kind in _ENUM_FIELDS.items():
+            if not isinstance(getattr(self, key), kind):
+                raise ConfigError(f"{key} must be a {kind.__name__}, got {getattr(self, key)!r} (use from_dict)")
         checks = [
             (self.T is None or self.T >= 1, f"--T must be >= 1, got {self.T}"),
             (self.hidden_size is None or self.hidden_size >= 1, f"--hidden-size must be >= 1, got {self.hidden_size}"),
@@ -218,9 +228,7 @@ class RecurrentConfig:
                 raise ConfigError(message)
         if self.max_samples is None and self.max_minutes is None:
             raise ConfigError("a budget is needed: --max-samples S or --max-minutes M")
-        if self.synthesizer_target not in ("bootstrap", "true"):
-            raise ConfigError(f"--synthesizer-target must be bootstrap or true, got {self.synthesizer_target!r}")
-        if self.synthesizer_target == "true":
+        if self.synthesizer_target is SynthesizerTarget.TRUE:
             if self.task not in _COPY_TASKS:
                 raise ConfigError("--synthesizer-target true needs episodes that end: --task copy or repeat-copy")
             if self.method is RecurrentMethod.BPTT:
@@ -230,7 +238,7 @@ class RecurrentConfig:
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name).value if f.name in ("task", "method") else getattr(self, f.name)
+        return {f.name: getattr(self, f.name).value if f.name in _ENUM_FIELDS else getattr(self, f.name)
                 for f in fields(self)}  # fmt: skip
 
 
@@ -267,7 +275,7 @@ def train_recurrent(cfg: RecurrentConfig, *, resume: bool = False, progress: boo
             summary = {
                 "task": cfg.task.value, "method": cfg.method.value, "T": cfg.T, "hidden_size": cfg.hidden_size,
                 "batch_size": cfg.batch_size, "lr": cfg.lr, "synthesizer_lr": cfg.synthesizer_lr,
-                "discount": cfg.discount, "synthesizer_target": cfg.synthesizer_target, "seed": cfg.seed,
+                "discount": cfg.discount, "synthesizer_target": cfg.synthesizer_target.value, "seed": cfg.seed,
                 "samples": p.samples,
                 "updates": p.updates, "wall_time_s": p.wall_time_s, "max_samples": cfg.max_samples,
                 "max_minutes": cfg.max_minutes, **result,
