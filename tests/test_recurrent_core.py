@@ -426,3 +426,116 @@ def test_a_chunk_without_signal_leaves_the_weights_alone(method) -> None:
     unchanged = all(torch.equal(b, a) for b, a in zip(before, params, strict=True))
     assert unchanged == (method == "bptt")
     assert ([s["step"].item() for s in tr.optimizer.state.values()] == steps) == (method == "bptt")
+
+
+# -- [Note: synthesizer traces] ------------------------------------------------------------------------------
+
+
+class DiagonalCore(nn.Module):
+    """s' = a ⊙ s + tanh(W x): its Jacobian ∂s'/∂s is exactly diag(a), so the trace's diagonal is the whole truth."""
+
+    def __init__(self, size: int = 4) -> None:
+        super().__init__()
+        self.raw, self.inp = nn.Parameter(torch.randn(size)), nn.Linear(IN, size)
+        self.output_size = size
+
+    def decay(self) -> torch.Tensor:
+        return torch.sigmoid(self.raw) * 1.5  # some entries above 1: nothing here relies on a contraction
+
+    def initial_state(self, batch: int) -> tuple[torch.Tensor, ...]:
+        return (torch.zeros(batch, self.output_size, dtype=self.raw.dtype),)
+
+    def step(self, x, state):
+        (s,) = state
+        s = self.decay() * s + torch.tanh(self.inp(x))
+        return torch.tanh(s), (s,)
+
+    def state_decay(self, x, state) -> torch.Tensor:
+        return self.decay().expand_as(state[0])
+
+
+def traced_trainer(core, readout, *, trace_decay: float, discount: float = 1.0) -> TruncatedBPTT:
+    """DNI with a random (non-zero) linear M that stays fixed (lr 0), so λ-returns can be recomputed afterwards."""
+    tr = TruncatedBPTT(
+        core, readout, mse_step_loss, sgd, T=3, method="dni", discount=discount, trace_decay=trace_decay,
+        synthesizer_optimizer=lambda p: torch.optim.SGD(p, lr=0.0),
+    )  # fmt: skip
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for p in tr.synthesizer.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return tr
+
+
+@pytest.mark.parametrize("discount", [1.0, 0.5])
+def test_full_trace_with_an_exact_diagonal_returns_the_exact_future_gradient(discount) -> None:
+    """For a core whose Jacobian is diagonal, μ = 1 turns the bootstrapped targets of any M into the exact
+    discounted future gradient (the true-target ablation's), and μ = 0 leaves them the bootstrap."""
+    torch.manual_seed(0)
+    core, readout = DiagonalCore().double(), nn.Linear(4, OUT).double()
+    inputs, targets, mask = make_data(11)
+    expected = discounted_table(core, readout, inputs, targets, mask, 3, discount)
+    tr = traced_trainer(copy.deepcopy(core), copy.deepcopy(readout), trace_decay=1.0, discount=discount)
+    stats = tr.train_sequence(inputs, targets, mask, accumulate=True)  # no core step inside the sequence
+    _, returns = tr.lambda_returns(stats[1:])
+    assert len(returns) == len(expected) == 3
+    for g, g_lib in zip(expected, returns, strict=True):
+        assert torch.allclose(g_lib, g, rtol=0, atol=TOL)
+    assert not torch.allclose(stats[1].target, expected[0], rtol=0, atol=1e-3)  # the bootstrap alone is not
+    tr.trace_decay = 0.0
+    _, plain = tr.lambda_returns(stats[1:])
+    assert all(torch.equal(g, s.target) for g, s in zip(plain, stats[1:], strict=True))
+
+
+@pytest.mark.parametrize(("trace_decay", "discount"), [(1.0, 1.0), (0.6, 0.3)])
+def test_lambda_return_update_equals_the_online_accumulating_trace_update(trace_decay, discount) -> None:
+    """The forward view M trains on (one step per sequence) has the gradient of the backward view: at every
+    boundary j, the TD error δ_j = y_j − M(s_j) times the trace E_j = λμ d_{j-1} ⊙ E_{j-1} + [s_j, 1], row by
+    row, summed (accumulate BP(λ) with a diagonal Jacobian), computed here from the chunks' records alone."""
+    core, readout = make_model()
+    inputs, targets, mask = make_data(14)
+    tr = traced_trainer(core, readout, trace_decay=trace_decay, discount=discount)
+    stats = tr.train_sequence(inputs, targets, mask)[1:]
+    assert stats[0].decay is not None and stats[-1].decay is None  # no transport beyond the sequence's end
+    predictions, returns = tr.lambda_returns(stats)
+    loss = sum(synthesizer_loss(p, g) for p, g in zip(predictions, returns, strict=True))
+    lin = tr.synthesizer.net.out
+    w_grad, b_grad = torch.autograd.grad(loss, [lin.weight, lin.bias])
+    online, trace = torch.zeros(lin.weight.shape[0], lin.weight.shape[1] + 1, dtype=torch.float64), None
+    for j, s in enumerate(stats):
+        features = torch.cat([s.start, torch.ones_like(s.start[:, :1])], 1)  # (B, D + 1)
+        step = features.unsqueeze(1).expand(-1, s.start.shape[1], -1)  # (B, D, D + 1)
+        trace = step if trace is None else discount * trace_decay * stats[j - 1].decay.unsqueeze(2) * trace + step
+        delta = s.target - lin(s.start).detach()  # (B, D)
+        online -= 2 / B * (delta.unsqueeze(2) * trace).sum(0)
+    assert torch.allclose(w_grad, online[:, :-1], rtol=0, atol=TOL)
+    assert torch.allclose(b_grad, online[:, -1], rtol=0, atol=TOL)
+
+
+def test_lstm_state_decay_is_the_cells_own_diagonal() -> None:
+    """LSTMCore.state_decay: f_t on c (the exact diagonal of ∂c_t/∂c_{t-1}), 0 on h."""
+    core, _ = make_model()
+    inputs, _, _ = make_data(1)
+    state = (torch.randn(B, 5, dtype=torch.float64), torch.randn(B, 5, dtype=torch.float64))
+    decay = core.state_decay(inputs[0], state)
+    assert decay.shape == (B, 10) and torch.all(decay[:, :5] == 0)
+    for b in range(B):
+        jac = torch.autograd.functional.jacobian(
+            lambda c, b=b: core.step(inputs[0][b : b + 1], (state[0][b : b + 1], c))[1][1], state[1][b : b + 1]
+        )
+        assert torch.allclose(torch.diagonal(jac.reshape(5, 5)), decay[b, 5:], rtol=0, atol=TOL)
+        assert torch.allclose(jac.reshape(5, 5), torch.diag(decay[b, 5:]), rtol=0, atol=TOL)  # c → c is diagonal
+
+
+def test_trace_decay_bad_configuration_is_a_clear_error() -> None:
+    core, readout = make_model()
+    for mu in (-0.1, 1.5):
+        with pytest.raises(ConfigError, match="trace decay must be in"):
+            TruncatedBPTT(core, readout, mse_step_loss, sgd, T=3, trace_decay=mu)
+    with pytest.raises(ConfigError, match="truncated BPTT has no synthesizer"):
+        TruncatedBPTT(core, readout, mse_step_loss, sgd, T=3, method="bptt", trace_decay=0.5)
+    with pytest.raises(ConfigError, match="exact target has none"):
+        TruncatedBPTT(core, readout, mse_step_loss, sgd, T=3, synthesizer_target="true", trace_decay=0.5)
+    custom, custom_readout = make_model("custom")
+    with pytest.raises(ConfigError, match="TwoPartCore has none"):
+        TruncatedBPTT(custom, custom_readout, mse_step_loss, sgd, T=3, trace_decay=0.5)

@@ -111,6 +111,16 @@ def test_copy_true_target_ablation_runs_and_says_so(capfd, tmp_path):
     assert read_rows(out)[-1]["sg_loss"] > 0  # M regressed onto a non-zero target
 
 
+def test_copy_with_synthesizer_traces_runs_and_records_mu(capfd, tmp_path):
+    out = tmp_path / "run"
+    args = ["--method", "dni", "--T", "2", "--trace-decay", "1", "--max-samples", "40", "--log-every", "16"]
+    code, _, err = run_cli(capfd, "train", "--task", "copy", *TINY, *args, "--out", out)
+    assert code == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["trace_decay"] == 1 and summary["samples"] >= 40
+    assert read_rows(out)[-1]["sg_loss"] > 0
+
+
 def test_ptb_short_run_on_the_real_data_learns_below_uniform(capfd, tmp_path):
     out = tmp_path / "run"
     args = ["--task", "ptb-char", "--method", "dni", "--T", "8", "--hidden-size", "32", "--batch-size", "16"]
@@ -175,6 +185,10 @@ def test_resume_after_an_interruption_gives_the_uninterrupted_numbers(
         (["--task", "ptb-char", "--synthesizer-target", "true"], ["--synthesizer-target", "copy"]),
         (["--task", "copy", "--method", "bptt", "--synthesizer-target", "true"], ["--synthesizer-target", "dni"]),
         (["--task", "copy", "--synthesizer-target", "oracle"], ["--synthesizer-target", "'oracle'"]),
+        (["--task", "copy", "--trace-decay", "1.5"], ["--trace-decay", "got 1.5"]),
+        (["--task", "ptb-char", "--trace-decay", "0.5"], ["--trace-decay", "copy"]),
+        (["--task", "copy", "--method", "bptt", "--trace-decay", "1"], ["--trace-decay", "dni"]),
+        (["--task", "copy", "--synthesizer-target", "true", "--trace-decay", "1"], ["--trace-decay", "true"]),
     ],
     ids=[
         "ptb-missing",
@@ -188,6 +202,10 @@ def test_resume_after_an_interruption_gives_the_uninterrupted_numbers(
         "true-target-ptb",
         "true-target-bptt",
         "unknown-target",
+        "trace-decay-range",
+        "trace-decay-ptb",
+        "trace-decay-bptt",
+        "trace-decay-true-target",
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(capfd, tmp_path, args, needles):

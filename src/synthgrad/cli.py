@@ -93,6 +93,12 @@ _RECURRENT_OPTIONS = [
         "dni, dni-aux on copy tasks: what M regresses onto; true: the exact future gradient, discounted by "
         "--discount (1: full BPTT's), a diagnostic",
     ),
+    (
+        "--trace-decay",
+        float,
+        "dni, dni-aux on copy tasks: μ in [0, 1]; above 0, M regresses once per sequence onto the λ-return "
+        "with the core's diagonal Jacobian ([Note: synthesizer traces]); 0: the paper's bootstrap",
+    ),
     ("--log-every", int, "samples between metric rows and checkpoints (ptb-char: validations)"),
     ("--curriculum-threshold", float, "copy tasks: bits wrong per sequence below which the length grows"),
     ("--curriculum-window", int, "copy tasks: batches averaged by the curriculum"),

@@ -90,6 +90,30 @@ that yields the target come from `synthgrad.core` ([Note: SG units], [Note: SG l
     It needs the whole episode in advance (`train_sequence` only) and a second pass over it, so it is an
     analysis tool, not a decoupled method. The gradients are taken under the weights at the start of the
     episode; the chunks' own updates within the episode move the states they are compared with by O(lr).
+
+[Note: synthesizer traces]
+    The bootstrapped target is TD(0) for gradients: M at s_k regresses onto the next chunk's gradient plus its
+    own next prediction carried back through the chunk. With a function approximator, TD(0)'s fixed point can
+    lie far from the best fit of the true quantity when the discount is near 1 (the classic bound grows like
+    1/(1 − γ)), and that is what Copy shows: at λ = 1 the cosine between the linear M and the exact future
+    gradient fell to 0.0–0.1, while the same M regressed onto the exact gradient reached 0.2–0.35 and twice
+    truncated BPTT's length ([Note: true-target ablation], the recurrent report). TD(μ)'s λ-return
+    interpolates between the bootstrap (μ = 0) and the full return (μ = 1). Over a sequence's boundaries
+    1 … K, with y_k the bootstrapped target and ĝ_k = M(s_k):
+
+        G_K = y_K,    G_k = y_k + λ μ D_k (G_{k+1} − ĝ_{k+1})
+
+    With D_k = (∂s_{k+1}/∂s_k)ᵀ, G_k at μ = 1 is exactly the discounted future gradient of the ablation. But
+    carrying a vector back through Jacobians is back-propagation through the sequence, BPTT's cost and lock.
+    We keep only the diagonal d_k: the product over the chunk's steps of the core's `state_decay`; for the LSTM
+    that is the forget gates on c and 0 on h, the cell's direct memory path (the local approximation of e-prop
+    and SnAp-1). M regresses onto G_k with the usual loss, summed over the boundaries, one optimizer step per
+    sequence (`trace_decay` = μ; `train_sequence` only). Since M does not step within a sequence, this forward
+    view equals the sum of the online accumulating-trace updates (the backward view of TD(μ); accumulate BP(λ),
+    Pemberton & Costa 2024, carries full Jacobian traces at O(D³) per step). The forward view costs one pass over
+    K boundaries per sequence; an online form would serve endless streams (PTB), and is not implemented. What the
+    core receives is unchanged: its loss + λ·ĝ at every chunk end. μ = 0 is the plain bootstrap, M stepped once
+    per sequence.
 """
 
 from __future__ import annotations
@@ -145,6 +169,16 @@ class LSTMCore(nn.Module):
     def step(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
         h, c = self.cell(x_t, state)  # (B, H) each
         return h, (h, c)
+
+    def state_decay(self, x_t: Tensor, state: State) -> Tensor:
+        """The diagonal that synthesizer traces keep of ∂s_{t+1}/∂s_t ([Note: synthesizer traces]): (B, 2H),
+        0 for h, the forget gate f_t for c (the cell's direct path c_t = f_t ⊙ c_{t-1} + …, exact on its own)."""
+        h, _ = state
+        H, cell = self.hidden_size, self.cell  # noqa: N806 - the LSTM's H
+        pre = nn.functional.linear(x_t, cell.weight_ih[H : 2 * H]) + nn.functional.linear(h, cell.weight_hh[H : 2 * H])
+        if cell.bias:
+            pre = pre + cell.bias_ih[H : 2 * H] + cell.bias_hh[H : 2 * H]  # gate order i, f, g, o
+        return torch.cat([torch.zeros_like(h), torch.sigmoid(pre)], dim=1)
 
 
 class RecurrentMethod(enum.Enum):
@@ -223,6 +257,9 @@ class ChunkStats:
     sg_loss: float | None = None  # synthesizer_loss(M(s_start), target)
     target_cosine: float | None = None  # cos(M(s_start), target)
     aux_loss: float | None = None  # L_aux, [Note: DNI + Aux]
+    # kept by `train_chunk(..., defer_synthesizer=True)` for the λ-return update ([Note: synthesizer traces]):
+    start: Tensor | None = None  # the start boundary's state s_k (B, D)
+    decay: Tensor | None = None  # (B, D) diagonal of ∂s_end/∂s_start kept by the trace (None at a sequence end)
 
 
 def _optimizer(params: Iterable[nn.Parameter], factory: OptimizerFactory) -> torch.optim.Optimizer | None:
@@ -238,12 +275,15 @@ def unroll(
     targets: Tensor,
     state: State,
     mask: Tensor | None = None,
+    step_states: list[State] | None = None,
 ) -> tuple[Tensor, list[Tensor], list[Tensor], State]:
     """Run the core over inputs (S, B, ...) from `state`; returns (L per [Note: chunk loss], core outputs o_t,
-    readout outputs, final state), all with graph."""
+    readout outputs, final state), all with graph. `step_states`, if given, receives the state before each step."""
     loss = inputs.new_zeros(())
     outs, preds = [], []
     for t in range(inputs.shape[0]):
+        if step_states is not None:
+            step_states.append(state)
         out, state = core.step(inputs[t], state)
         pred = readout(out)
         ell = loss_fn(pred, targets[t])
@@ -274,6 +314,8 @@ class TruncatedBPTT(nn.Module):
             the bootstrapped target), see [Note: discount]; 1 is the plain formula.
         synthesizer_target: what M regresses onto in `train_sequence`: "bootstrap" (the paper's) or "true"
             (the diagnostic of [Note: true-target ablation]).
+        trace_decay: μ in [0, 1]; above 0, `train_sequence` trains M once per sequence on the λ-return of
+            [Note: synthesizer traces] (needs a core with `state_decay`); 0 is the paper's per-chunk bootstrap.
     """
 
     def __init__(
@@ -291,6 +333,7 @@ class TruncatedBPTT(nn.Module):
         aux_weight: float = 1.0,
         discount: float = 1.0,
         synthesizer_target: SynthesizerTarget | str = SynthesizerTarget.BOOTSTRAP,
+        trace_decay: float = 0.0,
     ) -> None:
         super().__init__()
         if not isinstance(core, RecurrentCore):
@@ -313,6 +356,18 @@ class TruncatedBPTT(nn.Module):
             raise ConfigError(f"unknown synthesizer target {synthesizer_target!r}; choose one of {choices}") from None
         if self.synthesizer_target is SynthesizerTarget.TRUE and self.method is RecurrentMethod.BPTT:
             raise ConfigError("a synthesizer target applies to dni and dni-aux; truncated BPTT has no synthesizer")
+        if not 0 <= trace_decay <= 1:
+            raise ConfigError(f"the trace decay must be in [0, 1], got {trace_decay}")
+        if trace_decay > 0:
+            if self.method is RecurrentMethod.BPTT:
+                raise ConfigError("a trace decay applies to dni and dni-aux; truncated BPTT has no synthesizer")
+            if self.synthesizer_target is SynthesizerTarget.TRUE:
+                raise ConfigError("a trace decay shapes the bootstrapped target; the exact target has none")
+            if not callable(getattr(core, "state_decay", None)):
+                raise ConfigError(
+                    f"a trace decay needs a core with state_decay(x_t, state); {type(core).__name__} has none"
+                )
+        self.trace_decay = trace_decay
         self.core, self.readout, self.loss_fn, self.T = core, readout, loss_fn, T
         self.shapes = state_shapes(core)
         self.synthesizer: BoundarySynthesizer | None = None
@@ -352,6 +407,7 @@ class TruncatedBPTT(nn.Module):
         start_context: Tensor | None = None,
         end_context: Tensor | None = None,
         given_target: Tensor | None = None,
+        defer_synthesizer: bool = False,
     ) -> tuple[State, ChunkStats]:
         """One chunk: forward ≤ T steps, one backward pass, one update of the core and of M.
 
@@ -366,6 +422,8 @@ class TruncatedBPTT(nn.Module):
             start_context, end_context: (B, C) contexts of M at the two boundaries, if M is conditioned.
             given_target: (B, D) what M's prediction at the start boundary regresses onto instead of the
                 bootstrapped target ([Note: true-target ablation]); None: the bootstrap.
+            defer_synthesizer: do not train M here; the stats keep the start state, the target and the chunk's
+                state decay for `train_sequence`'s λ-return update ([Note: synthesizer traces]).
 
         Returns:
             (the end state, detached; `ChunkStats`).
@@ -381,10 +439,16 @@ class TruncatedBPTT(nn.Module):
         if state is None:
             state = self.core.initial_state(inputs.shape[1])
         start = flatten_state(state).detach().requires_grad_(bootstrap)  # (B, D), the start leaf
+        step_states: list[State] | None = [] if defer_synthesizer and wants_target and not last else None
         loss, outs, preds, end_state = unroll(
-            self.core, self.readout, self.loss_fn, inputs, targets, unflatten_state(start, self.shapes), mask
-        )
+            self.core, self.readout, self.loss_fn, inputs, targets, unflatten_state(start, self.shapes), mask,
+            step_states,
+        )  # fmt: skip
         end = flatten_state(end_state)  # (B, D), with graph
+        decay = None  # under the weights of this forward pass, before the core's step below
+        if step_states is not None:
+            with torch.no_grad():
+                decay = math.prod(self.core.state_decay(x, s) for x, s in zip(inputs, step_states, strict=True))
         objective = loss
         synthetic = None
         if synth is not None and not last:
@@ -397,7 +461,8 @@ class TruncatedBPTT(nn.Module):
         if self.aux_head is not None:
             aux_target = synthetic if synthetic is not None else torch.zeros_like(end.detach())
             stats.aux_loss = self._aux_backward(outs, aux_target)
-        prediction = synth(start.detach(), start_context) if wants_target else None  # graph to M only
+        with torch.set_grad_enabled(not defer_synthesizer):
+            prediction = synth(start.detach(), start_context) if wants_target else None  # graph to M only
         # [Note: a chunk without signal]: nothing scored, no synthetic gradient, no aux loss -> no update.
         signal = mask is None or bool(mask.any()) or synthetic is not None or self.aux_head is not None
         target = backward_through(objective, None, start) if bootstrap else given_target
@@ -406,7 +471,11 @@ class TruncatedBPTT(nn.Module):
         if signal and not accumulate:
             self.step()
         if prediction is not None and target is not None:
-            self._train_synthesizer(prediction, target, stats)
+            if defer_synthesizer:
+                stats.start, stats.decay = start.detach(), decay
+                self._measure_synthesizer(prediction, target, stats)
+            else:
+                self._train_synthesizer(prediction, target, stats)
         return tuple(s.detach() for s in end_state), stats
 
     def _aux_backward(self, outs: list[Tensor], aux_target: Tensor) -> float:
@@ -419,14 +488,38 @@ class TruncatedBPTT(nn.Module):
 
     def _train_synthesizer(self, prediction: Tensor, target: Tensor, stats: ChunkStats) -> None:
         sg_loss = synthesizer_loss(prediction, target)
-        if prediction.requires_grad:  # a parameter-free oracle has nothing to train
+        self._step_synthesizer(sg_loss)
+        self._measure_synthesizer(prediction, target, stats)
+
+    def _step_synthesizer(self, sg_loss: Tensor) -> None:
+        if sg_loss.requires_grad:  # a parameter-free oracle has nothing to train
             sg_loss.backward()  # reaches M only: it read a detached state
             if self.synthesizer_optimizer is not None:
                 self.synthesizer_optimizer.step()
                 self.synthesizer_optimizer.zero_grad(set_to_none=True)
-        stats.target = target.detach()
-        stats.sg_loss = sg_loss.item()
-        stats.target_cosine = batch_cosine(prediction.detach(), target).item()
+
+    @staticmethod
+    def _measure_synthesizer(prediction: Tensor, target: Tensor, stats: ChunkStats) -> None:
+        prediction, stats.target = prediction.detach(), target.detach()
+        stats.sg_loss = synthesizer_loss(prediction, stats.target).item()
+        stats.target_cosine = batch_cosine(prediction, stats.target).item()
+
+    def lambda_returns(self, stats: Sequence[ChunkStats]) -> tuple[Tensor, list[Tensor]]:
+        """M's predictions (with graph) at a sequence's boundaries and their λ-returns ([Note: synthesizer traces]),
+        from the stats of its chunks after the first (each kept by `defer_synthesizer=True`)."""
+        assert self.synthesizer is not None
+        starts = [s.start for s in stats]
+        if any(s is None for s in starts):
+            raise ValueError("λ-returns need every chunk's start state: train them with defer_synthesizer=True")
+        predictions = self.synthesizer(torch.cat(starts)).split([s.shape[0] for s in starts])  # under current M
+        scale = self.discount * self.trace_decay
+        returns: list[Tensor] = []
+        for k in reversed(range(len(stats))):  # G_k = target_k + λμ d_k ⊙ (G_{k+1} − ĝ_{k+1}); G_last = target
+            g = stats[k].target
+            if returns and stats[k].decay is not None:
+                g = g + scale * stats[k].decay * (returns[-1] - predictions[k + 1].detach())
+            returns.append(g)
+        return predictions, returns[::-1]
 
     def step(self) -> None:
         """Apply the core's accumulated gradient (after `accumulate=True` chunks) and clear it."""
@@ -439,6 +532,7 @@ class TruncatedBPTT(nn.Module):
     ) -> list[ChunkStats]:
         """A whole sequence (S, B, ...) from the initial state, in chunks of T; `accumulate` steps once at the
         end (one update from the whole sequence's chunked gradient)."""
+        traced = self.synthesizer is not None and self.trace_decay > 0
         true = None  # the true future gradient at every boundary, [Note: true-target ablation]
         if self.synthesizer is not None and self.synthesizer_target is SynthesizerTarget.TRUE:
             true = true_future_gradients(
@@ -451,11 +545,14 @@ class TruncatedBPTT(nn.Module):
             given = true[k - 1] if true is not None and k > 0 else None  # boundary k - 1 starts chunk k
             state, s = self.train_chunk(
                 inputs[lo:hi], targets[lo:hi], state, mask=m, last=hi == inputs.shape[0], accumulate=accumulate,
-                given_target=given,
+                given_target=given, defer_synthesizer=traced,
             )  # fmt: skip
             stats.append(s)
         if accumulate:
             self.step()
+        if traced and len(stats) > 1:  # one step of M on the whole sequence's λ-returns
+            predictions, returns = self.lambda_returns(stats[1:])
+            self._step_synthesizer(sum(synthesizer_loss(p, g) for p, g in zip(predictions, returns, strict=True)))
         return stats
 
     @torch.no_grad()

@@ -153,6 +153,7 @@ class RecurrentConfig:
     aux_weight: float = 1.0  # DNI + Aux: weight of the auxiliary loss ([Note: DNI + Aux] in core.py)
     discount: float | None = None  # λ on the synthetic gradient ([Note: discount] in core.py); None: the task's
     synthesizer_target: SynthesizerTarget = SynthesizerTarget.BOOTSTRAP  # TRUE: Copy tasks' diagnostic, core.py
+    trace_decay: float = 0.0  # μ of [Note: synthesizer traces] in core.py (Copy tasks); 0: the paper's bootstrap
     seed: int = 0  # weights, data order and generated sequences
     # -- budget (at least one; the run stops at the first update that reaches either)
     max_samples: int | None = None  # sequences (Copy), characters (PTB), digits read (multinet): deterministic
@@ -211,6 +212,7 @@ class RecurrentConfig:
             (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
             (self.aux_weight >= 0, f"--aux-weight must be >= 0, got {self.aux_weight}"),
             (self.discount is None or 0 < self.discount <= 1, f"--discount must be in (0, 1], got {self.discount}"),
+            (0 <= self.trace_decay <= 1, f"--trace-decay must be in [0, 1], got {self.trace_decay}"),
             (self.max_samples is None or self.max_samples >= 1, f"--max-samples must be >= 1, got {self.max_samples}"),
             (self.max_minutes is None or self.max_minutes > 0, f"--max-minutes must be > 0, got {self.max_minutes}"),
             (self.curriculum_threshold > 0, f"--curriculum-threshold must be > 0, got {self.curriculum_threshold}"),
@@ -233,6 +235,13 @@ class RecurrentConfig:
                 raise ConfigError("--synthesizer-target true needs episodes that end: --task copy or repeat-copy")
             if self.method is RecurrentMethod.BPTT:
                 raise ConfigError("--synthesizer-target applies to --method dni and dni-aux (bptt has no synthesizer)")
+        if self.trace_decay > 0:
+            if self.task not in _COPY_TASKS:
+                raise ConfigError("--trace-decay needs episodes that end: --task copy or repeat-copy")
+            if self.method is RecurrentMethod.BPTT:
+                raise ConfigError("--trace-decay applies to --method dni and dni-aux (bptt has no synthesizer)")
+            if self.synthesizer_target is SynthesizerTarget.TRUE:
+                raise ConfigError("--trace-decay shapes the bootstrapped target; --synthesizer-target true has none")
         if self.task is RecurrentTask.MULTINET and self.method is RecurrentMethod.DNI_AUX:
             raise ConfigError("--task multinet runs locked (--method bptt) or with a DNI (--method dni), not dni-aux")
         return self
@@ -275,7 +284,8 @@ def train_recurrent(cfg: RecurrentConfig, *, resume: bool = False, progress: boo
             summary = {
                 "task": cfg.task.value, "method": cfg.method.value, "T": cfg.T, "hidden_size": cfg.hidden_size,
                 "batch_size": cfg.batch_size, "lr": cfg.lr, "synthesizer_lr": cfg.synthesizer_lr,
-                "discount": cfg.discount, "synthesizer_target": cfg.synthesizer_target.value, "seed": cfg.seed,
+                "discount": cfg.discount, "synthesizer_target": cfg.synthesizer_target.value,
+                "trace_decay": cfg.trace_decay, "seed": cfg.seed,
                 "samples": p.samples,
                 "updates": p.updates, "wall_time_s": p.wall_time_s, "max_samples": cfg.max_samples,
                 "max_minutes": cfg.max_minutes, **result,
@@ -291,7 +301,7 @@ def _trainer(cfg: RecurrentConfig, core: nn.Module, readout: nn.Module, loss_fn)
     return TruncatedBPTT(
         core, readout, loss_fn, adam(cfg.lr), T=cfg.T, method=cfg.method,
         synthesizer_optimizer=adam(cfg.synthesizer_lr), aux_weight=cfg.aux_weight, discount=cfg.discount,
-        synthesizer_target=cfg.synthesizer_target,
+        synthesizer_target=cfg.synthesizer_target, trace_decay=cfg.trace_decay,
     )  # fmt: skip
 
 
