@@ -351,9 +351,16 @@ def test_reproduce_recurrent_groups_runs_only_those_tasks_and_carries_the_others
     assert code == 2 and "unknown group(s) ptb" in err
 
 
-def test_every_task_discounts_the_synthetic_gradient_by_a_tenth():
-    """[Note: discount] in core.py: λ = 1 made DNI worse than truncated BPTT on Copy, so every task uses 0.1."""
-    from synthgrad.recurrent.train import RecurrentConfig, RecurrentTask
+def test_copy_tasks_default_to_traces_at_full_discount_and_ptb_to_a_tenth():
+    """[Note: Copy defaults]: Copy tasks run DNI at λ = 1 with traces μ = 1; PTB (an endless stream) at λ = 0.1
+    without; a method without a bootstrapped synthesizer gets no traces by default."""
+    from synthgrad.recurrent.train import RecurrentConfig, RecurrentMethod, RecurrentTask, SynthesizerTarget
 
-    for task in (RecurrentTask.COPY, RecurrentTask.REPEAT_COPY, RecurrentTask.PTB_CHAR):
-        assert RecurrentConfig(task=task, max_samples=1).validate().resolve().discount == 0.1
+    for task in (RecurrentTask.COPY, RecurrentTask.REPEAT_COPY):
+        cfg = RecurrentConfig(task=task, max_samples=1).validate().resolve()
+        assert (cfg.discount, cfg.trace_decay) == (1.0, 1.0)
+    ptb = RecurrentConfig(task=RecurrentTask.PTB_CHAR, max_samples=1).validate().resolve()
+    assert (ptb.discount, ptb.trace_decay) == (0.1, 0.0)
+    for changes in ({"method": RecurrentMethod.BPTT}, {"synthesizer_target": SynthesizerTarget.TRUE}):
+        assert RecurrentConfig(max_samples=1, **changes).validate().resolve().trace_decay == 0.0
+    assert RecurrentConfig(max_samples=1, trace_decay=0.0).validate().resolve().trace_decay == 0.0

@@ -53,7 +53,8 @@ that yields the target come from `synthgrad.core` ([Note: SG units], [Note: SG l
     makes the target Σ_k λ^k (gradient of chunk k ahead carried back): a contraction, the TD(0) discount of
     value learning, which the bootstrapped target is. The same λ scales what the core receives, so M and the
     core see one quantity. Reimplementations state that the paper scales the recurrent synthetic gradient by
-    0.1; PAPER.md does not give it, so it is our choice: λ = 0.1 on every task (`_PER_TASK` in train.py).
+    0.1; PAPER.md does not give it, so it is our choice: λ = 0.1 on PTB (`_PER_TASK` in train.py); Copy tasks
+    run at λ = 1 with synthesizer traces ([Note: synthesizer traces], [Note: Copy defaults] in train.py).
     Copy tasks first ran at λ = 1 (their sequences end, so the sum is finite), and there the plain target
     made DNI *worse* than truncated BPTT: |ĝ| grew to 3–7× the true future gradient's norm (oracle of
     `true_future_gradients`) at a cosine of −0.07…0.1 with it, i.e. mostly noise fed to the core. Fixed-length
