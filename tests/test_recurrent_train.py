@@ -101,24 +101,19 @@ def test_copy_curriculum_grows_the_length_when_the_error_is_below_threshold(capf
     assert json.loads((tmp_path / "b" / "summary.json").read_text())["max_length"] == 0
 
 
-def test_copy_true_target_ablation_runs_and_says_so(capfd, tmp_path):
+@pytest.mark.parametrize(
+    ("flag", "value", "key", "recorded"),
+    [("--synthesizer-target", "true", "synthesizer_target", "true"), ("--trace-decay", "0.5", "trace_decay", 0.5)],
+    ids=["true-target-ablation", "synthesizer-traces"],
+)
+def test_copy_synthesizer_options_run_and_are_recorded(capfd, tmp_path, flag, value, key, recorded):
     out = tmp_path / "run"
-    args = ["--method", "dni", "--T", "2", "--synthesizer-target", "true", "--max-samples", "40", "--log-every", "16"]
+    args = ["--method", "dni", "--T", "2", flag, value, "--max-samples", "40", "--log-every", "16"]
     code, _, err = run_cli(capfd, "train", "--task", "copy", *TINY, *args, "--out", out)
     assert code == 0, err
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["synthesizer_target"] == "true" and summary["samples"] >= 40
+    assert summary[key] == recorded and summary["samples"] >= 40
     assert read_rows(out)[-1]["sg_loss"] > 0  # M regressed onto a non-zero target
-
-
-def test_copy_with_synthesizer_traces_runs_and_records_mu(capfd, tmp_path):
-    out = tmp_path / "run"
-    args = ["--method", "dni", "--T", "2", "--trace-decay", "1", "--max-samples", "40", "--log-every", "16"]
-    code, _, err = run_cli(capfd, "train", "--task", "copy", *TINY, *args, "--out", out)
-    assert code == 0, err
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["trace_decay"] == 1 and summary["samples"] >= 40
-    assert read_rows(out)[-1]["sg_loss"] > 0
 
 
 def test_ptb_short_run_on_the_real_data_learns_below_uniform(capfd, tmp_path):
