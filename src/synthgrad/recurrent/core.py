@@ -139,7 +139,9 @@ OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
 @runtime_checkable
 class RecurrentCore(Protocol):
-    """What the trainer needs from a recurrent core; any tuple-of-tensors state works."""
+    """What the trainer needs from a recurrent core; any tuple-of-tensors state works. Synthesizer traces
+    (`trace_decay` > 0) also need `state_decay(x_t, state) -> (B, D)`: the diagonal of ∂s_{t+1}/∂s_t they keep,
+    in the flattened state's order (`LSTMCore.state_decay`, [Note: synthesizer traces])."""
 
     def initial_state(self, batch: int) -> State:
         """The state at the start of a sequence: a tuple of (B, ...) tensors."""
@@ -490,7 +492,7 @@ class TruncatedBPTT(nn.Module):
     def _train_synthesizer(self, prediction: Tensor, target: Tensor, stats: ChunkStats) -> None:
         sg_loss = synthesizer_loss(prediction, target)
         self._step_synthesizer(sg_loss)
-        self._measure_synthesizer(prediction, target, stats)
+        self._measure_synthesizer(prediction, target, stats, sg_loss)
 
     def _step_synthesizer(self, sg_loss: Tensor) -> None:
         if sg_loss.requires_grad:  # a parameter-free oracle has nothing to train
@@ -500,14 +502,16 @@ class TruncatedBPTT(nn.Module):
                 self.synthesizer_optimizer.zero_grad(set_to_none=True)
 
     @staticmethod
-    def _measure_synthesizer(prediction: Tensor, target: Tensor, stats: ChunkStats) -> None:
+    def _measure_synthesizer(
+        prediction: Tensor, target: Tensor, stats: ChunkStats, sg_loss: Tensor | None = None
+    ) -> None:
         prediction, stats.target = prediction.detach(), target.detach()
-        stats.sg_loss = synthesizer_loss(prediction, stats.target).item()
+        stats.sg_loss = (sg_loss if sg_loss is not None else synthesizer_loss(prediction, stats.target)).item()
         stats.target_cosine = batch_cosine(prediction, stats.target).item()
 
-    def lambda_returns(self, stats: Sequence[ChunkStats]) -> tuple[Tensor, list[Tensor]]:
+    def lambda_returns(self, stats: Sequence[ChunkStats]) -> tuple[tuple[Tensor, ...], list[Tensor]]:
         """M's predictions (with graph) at a sequence's boundaries and their λ-returns ([Note: synthesizer traces]),
-        from the stats of its chunks after the first (each kept by `defer_synthesizer=True`)."""
+        from the stats of its chunks after the first (each kept by `defer_synthesizer=True`); (B, D) each."""
         assert self.synthesizer is not None
         starts = [s.start for s in stats]
         if any(s is None for s in starts):
