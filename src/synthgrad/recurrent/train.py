@@ -48,8 +48,9 @@ summary.json, train.log.
     seed 0, 6 min per row), max length at T = 2 / 3 / 4 / 5 (truncated BPTT: 2 / 2 / 3 / 2):
         plain bootstrap λ = 0.1: 3 / 4 / 4 / 4 · traces λ = 1, μ = 1: 4 / 5 / 5 / 4 (the recurrent report's rows;
         a first run of T = 2 / 3 / 4 with fewer sequences in its 6 minutes gave 4 / 4 / 4)
-    At 400k sequences and T = 2 every plain λ in {0.1, 0.3, 0.6, 0.9, 1} gave 2–3, and traces gave 4 (μ = 1 and
-    μ = 0.9; also the per-chunk online form). With more data the traced run kept growing: 5 by 540k sequences.
+    At 400k sequences and T = 2 every plain λ in {0.1, 0.3, 0.6, 0.9, 1} gave 2–3; with traces at λ = 1,
+    `--trace-decay 1` gave 4 and `--trace-decay 0.9` gave 2 (a Python probe of a per-chunk online form gave 4
+    at both). With more data the traced run kept growing: 5 by 540k sequences.
     At T = 4 a synthesizer lr of 3e-4 gave 5 and 3e-3 gave 4 (1e-3: 4); one seed each, so 1e-3 stays.
 
 [Note: Repeat Copy curriculum]
