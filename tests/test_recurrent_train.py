@@ -18,6 +18,7 @@ from torch import Tensor
 
 from conftest import shared_data_dir
 from helpers import run_cli, write_fake_mnist
+from synthgrad.checkpoint import load_checkpoint, save_checkpoint
 from synthgrad.recurrent import multinet
 from synthgrad.recurrent import run as recurrent_run
 from synthgrad.recurrent.multinet import MultiNetSystem
@@ -161,6 +162,24 @@ def test_resume_after_an_interruption_gives_the_uninterrupted_numbers(
     summary_a, summary_b = (json.loads((tmp_path / r / "summary.json").read_text()) for r in "ab")
     assert without_time(summary_a) == without_time(summary_b)
     assert [without_time(r) for r in rows_a] == [without_time(r) for r in read_rows(tmp_path / "b")]
+
+
+def test_a_checkpoint_from_before_the_trace_and_target_fields_resumes_with_the_values_it_ran_with(capfd, tmp_path):
+    out = tmp_path / "run"
+    old_flags = ["--discount", "0.1", "--trace-decay", "0"]  # what Copy ran with before synthesizer traces
+    args = ["train", "--task", "copy", "--method", "dni", "--T", "2", *TINY, "--out", out]
+    code, _, err = run_cli(capfd, *args, *old_flags, "--max-samples", "24", "--log-every", "8")
+    assert code == 0, err
+    ckpt = load_checkpoint(out / "checkpoint.pt")  # as written before the two fields existed
+    for key in ("trace_decay", "synthesizer_target"):
+        del ckpt["config"][key]
+    save_checkpoint(out / "checkpoint.pt", ckpt)
+
+    code, _, err = run_cli(capfd, *args, "--max-samples", "48", "--log-every", "8", "--resume")  # today's defaults
+    assert code == 2 and "trace_decay: 0.0 -> 1.0" in err and "discount: 0.1 -> 1.0" in err
+    code, _, err = run_cli(capfd, *args, *old_flags, "--max-samples", "48", "--log-every", "8", "--resume")
+    assert code == 0, err
+    assert json.loads((out / "summary.json").read_text())["samples"] >= 48
 
 
 # -- user errors: one line, exit 2, nothing written ---------------------------------------------------------

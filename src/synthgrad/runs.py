@@ -22,14 +22,32 @@ from synthgrad.errors import ConfigError
 CHECKPOINT = "checkpoint.pt"
 
 
-def resume_mismatch(saved: Mapping[str, Any], now: Mapping[str, Any], resumable: Collection[str]) -> str | None:
-    """'key: old -> new, ...' for the fields that differ and may not, or None."""
-    differ = sorted(k for k in now if k not in resumable and saved.get(k) != now[k])
-    return ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in differ) or None
+def resume_mismatch(
+    saved: Mapping[str, Any],
+    now: Mapping[str, Any],
+    resumable: Collection[str],
+    implied: Mapping[str, Any] | None = None,
+) -> str | None:
+    """'key: old -> new, ...' for the fields that differ and may not, or None.
+
+    `implied` gives, for a field added to a config after some checkpoints were written, the value those
+    checkpoints ran with; a saved config without the field is read as having it.
+    """
+    implied = implied or {}
+    old = {k: saved[k] if k in saved else implied.get(k) for k in now}
+    differ = sorted(k for k in now if k not in resumable and old[k] != now[k])
+    return ", ".join(f"{k}: {old[k]!r} -> {now[k]!r}" for k in differ) or None
 
 
-def prepare_out(config: Mapping[str, Any], out: Path, resume: bool, resumable: Collection[str]) -> dict | None:
-    """Create `out`, or load its checkpoint for `resume`; refuse to overwrite a run or resume a different one.
+def prepare_out(
+    config: Mapping[str, Any],
+    out: Path,
+    resume: bool,
+    resumable: Collection[str],
+    implied: Mapping[str, Any] | None = None,
+) -> dict | None:
+    """Create `out`, or load its checkpoint for `resume`; refuse to overwrite a run or resume a different one
+    (`resumable` and `implied` as in `resume_mismatch`).
 
     Returns the checkpoint to resume from, or None for a fresh start (also when `--resume` finds none).
     """
@@ -40,7 +58,7 @@ def prepare_out(config: Mapping[str, Any], out: Path, resume: bool, resumable: C
     if not resume or not ckpt_path.exists():
         return None
     ckpt = load_checkpoint(ckpt_path)
-    detail = resume_mismatch(ckpt.get("config", {}), config, resumable)
+    detail = resume_mismatch(ckpt.get("config", {}), config, resumable, implied)
     if detail:
         raise ConfigError(f"--resume with a different config than the checkpoint in {out} ({detail})")
     return ckpt

@@ -80,7 +80,7 @@ from synthgrad.data import ImageDataset, load_mnist, resolve_data_dir
 from synthgrad.decoupled import adam
 from synthgrad.errors import ConfigError
 from synthgrad.recurrent.core import LSTMCore, RecurrentMethod, SynthesizerTarget, TruncatedBPTT
-from synthgrad.recurrent.run import RESUMABLE, Session, plot_curves
+from synthgrad.recurrent.run import IMPLIED, RESUMABLE, Session, plot_curves
 from synthgrad.recurrent.tasks import (
     CharCorpus,
     CopyTask,
@@ -288,7 +288,7 @@ def train_recurrent(cfg: RecurrentConfig, *, resume: bool = False, progress: boo
     elif cfg.task is RecurrentTask.MULTINET:
         data = load_mnist(resolve_data_dir(cfg.data_dir))
     out = Path(cfg.out)
-    ckpt = prepare_out(cfg.to_dict(), out, resume, RESUMABLE)
+    ckpt = prepare_out(cfg.to_dict(), out, resume, RESUMABLE, IMPLIED)
     handler = setup_logging(out)
     session = Session(
         out, cfg.to_dict(), max_samples=cfg.max_samples, max_minutes=cfg.max_minutes, log_every=cfg.log_every,
