@@ -7,6 +7,7 @@ The references never call the trainer's code: they unroll the core themselves an
 from __future__ import annotations
 
 import copy
+import functools
 
 import pytest
 import torch
@@ -450,8 +451,25 @@ class DiagonalCore(nn.Module):
         s = self.decay() * s + torch.tanh(self.inp(x))
         return torch.tanh(s), (s,)
 
-    def state_decay(self, x, state) -> torch.Tensor:
-        return self.decay().expand_as(state[0])
+    def trace_jacobian(self, x, state, next_state) -> torch.Tensor:
+        return self.decay().expand_as(state[0])  # a tensor: the diagonal
+
+
+def lstm_without_recurrent_weights() -> LSTMCore:
+    """Every path from h_{t-1} goes through weight_hh; at 0 the cell path is the whole Jacobian."""
+    core = LSTMCore(IN, 5)
+    with torch.no_grad():
+        core.cell.weight_hh.zero_()
+    return core
+
+
+EXACT_CORES = {"diagonal": DiagonalCore, "lstm-no-recurrent-weights": lstm_without_recurrent_weights}
+
+
+def materialize(jacobian, size: int) -> torch.Tensor:
+    """A `TraceJacobian`'s Jᵀ as matrices (B, D, D): column n is Jᵀ applied to the n-th unit vector."""
+    basis = torch.eye(size, dtype=torch.float64)
+    return torch.stack([jacobian.carry(basis[n].expand(B, size)) for n in range(size)], dim=2)
 
 
 def traced_trainer(core, readout, *, trace_decay: float, discount: float = 1.0) -> TruncatedBPTT:
@@ -467,12 +485,15 @@ def traced_trainer(core, readout, *, trace_decay: float, discount: float = 1.0) 
     return tr
 
 
+@pytest.mark.parametrize("kind", list(EXACT_CORES))
 @pytest.mark.parametrize("discount", [1.0, 0.5])
-def test_full_trace_with_an_exact_diagonal_returns_the_exact_future_gradient(discount) -> None:
-    """For a core whose Jacobian is diagonal, μ = 1 turns the bootstrapped targets of any M into the exact
+def test_full_trace_with_an_exact_jacobian_returns_the_exact_future_gradient(discount, kind) -> None:
+    """For a core whose trace Jacobian is its whole Jacobian (a diagonal core; an LSTM without recurrent
+    weights, whose Jacobian is the cell path), μ = 1 turns the bootstrapped targets of any M into the exact
     discounted future gradient (the true-target ablation's), and μ = 0 leaves them the bootstrap."""
     torch.manual_seed(0)
-    core, readout = DiagonalCore().double(), nn.Linear(4, OUT).double()
+    core = EXACT_CORES[kind]().double()
+    readout = nn.Linear(core.output_size, OUT).double()
     inputs, targets, mask = make_data(11)
     expected = discounted_table(core, readout, inputs, targets, mask, 3, discount)
     tr = traced_trainer(copy.deepcopy(core), copy.deepcopy(readout), trace_decay=1.0, discount=discount)
@@ -490,41 +511,69 @@ def test_full_trace_with_an_exact_diagonal_returns_the_exact_future_gradient(dis
 @pytest.mark.parametrize(("trace_decay", "discount"), [(1.0, 1.0), (0.6, 0.3)])
 def test_lambda_return_update_equals_the_online_accumulating_trace_update(trace_decay, discount) -> None:
     """The forward view M trains on (one step per sequence) has the gradient of the backward view: at every
-    boundary j, the TD error δ_j = y_j − M(s_j) times the trace E_j = λμ d_{j-1} ⊙ E_{j-1} + [s_j, 1], row by
-    row, summed (accumulate BP(λ) with a diagonal Jacobian), computed here from the chunks' records alone."""
+    boundary j, the TD errors δ_j = y_j − M(s_j) times the trace E_j = λμ E_{j-1} A_{j-1} + I ⊗ [s_j, 1], with
+    A_k the matrix of the chunk's trace Jacobian Jᵀ (accumulate BP(λ) with the LSTM's cell path), computed here
+    from the chunks' records alone."""
     core, readout = make_model()
     inputs, targets, mask = make_data(14)
     tr = traced_trainer(core, readout, trace_decay=trace_decay, discount=discount)
     stats = tr.train_sequence(inputs, targets, mask)[1:]
-    assert stats[0].decay is not None and stats[-1].decay is None  # no transport beyond the sequence's end
+    assert stats[0].jacobian is not None and stats[-1].jacobian is None  # no transport beyond the sequence's end
     predictions, returns = tr.lambda_returns(stats)
     loss = sum(synthesizer_loss(p, g) for p, g in zip(predictions, returns, strict=True))
     lin = tr.synthesizer.net.out
     w_grad, b_grad = torch.autograd.grad(loss, [lin.weight, lin.bias])
-    online, trace = torch.zeros(lin.weight.shape[0], lin.weight.shape[1] + 1, dtype=torch.float64), None
+    size = lin.weight.shape[0]
+    online, trace = torch.zeros(size, size + 1, dtype=torch.float64), None
     for j, s in enumerate(stats):
         features = torch.cat([s.start, torch.ones_like(s.start[:, :1])], 1)  # (B, D + 1)
-        step = features.unsqueeze(1).expand(-1, s.start.shape[1], -1)  # (B, D, D + 1)
-        trace = step if trace is None else discount * trace_decay * stats[j - 1].decay.unsqueeze(2) * trace + step
+        # step[b, n, i, :]: how δ_j[b, n] moves row i of M's [weight, bias]
+        step = torch.eye(size, dtype=torch.float64)[None, :, :, None] * features[:, None, None, :]
+        if trace is not None:
+            carried = torch.einsum("bmif,bmn->bnif", trace, materialize(stats[j - 1].jacobian, size))
+            trace = discount * trace_decay * carried + step
+        else:
+            trace = step
         delta = s.target - lin(s.start).detach()  # (B, D)
-        online -= 2 / B * (delta.unsqueeze(2) * trace).sum(0)
+        online -= 2 / B * torch.einsum("bnif,bn->if", trace, delta)
     assert torch.allclose(w_grad, online[:, :-1], rtol=0, atol=TOL)
     assert torch.allclose(b_grad, online[:, -1], rtol=0, atol=TOL)
 
 
-def test_lstm_state_decay_is_the_cells_own_diagonal() -> None:
-    """LSTMCore.state_decay: f_t on c (the exact diagonal of ∂c_t/∂c_{t-1}), 0 on h."""
+def chunk_jacobians(core, inputs, state0):
+    """(the trace Jacobian of the chunk `inputs` from `state0` (steps composed with `then`), autograd's exact
+    ∂s_end/∂s_start as (B, D rows, D columns))."""
+    states = [state0]
+    for x in inputs:
+        states.append(core.step(x, states[-1])[1])
+    steps = [core.trace_jacobian(x, s, n) for x, s, n in zip(inputs, states[:-1], states[1:], strict=True)]
+
+    def run(*start):
+        s = start
+        for x in inputs:
+            s = core.step(x, s)[1]
+        return torch.cat(s, 1)
+
+    full = torch.autograd.functional.jacobian(run, state0)  # per start tensor: (B, D, B, H)
+    exact = torch.cat([torch.stack([part[b, :, b, :] for b in range(B)]) for part in full], dim=2)
+    return functools.reduce(lambda acc, j: acc.then(j), steps), exact
+
+
+def test_lstm_trace_jacobian_is_the_exact_c_columns_of_a_step_and_all_of_it_without_recurrent_weights() -> None:
+    """LSTMCore.trace_jacobian equals autograd's ∂(h_t, c_t)/∂c_{t-1} and drops the h_{t-1} columns, which the
+    step reaches only through the recurrent weights; without them, a chunk's product is its whole Jacobian."""
     core, _ = make_model()
-    inputs, _, _ = make_data(1)
-    state = (torch.randn(B, 5, dtype=torch.float64), torch.randn(B, 5, dtype=torch.float64))
-    decay = core.state_decay(inputs[0], state)
-    assert decay.shape == (B, 10) and torch.all(decay[:, :5] == 0)
-    for b in range(B):
-        jac = torch.autograd.functional.jacobian(
-            lambda c, b=b: core.step(inputs[0][b : b + 1], (state[0][b : b + 1], c))[1][1], state[1][b : b + 1]
-        )
-        assert torch.allclose(torch.diagonal(jac.reshape(5, 5)), decay[b, 5:], rtol=0, atol=TOL)
-        assert torch.allclose(jac.reshape(5, 5), torch.diag(decay[b, 5:]), rtol=0, atol=TOL)  # c → c is diagonal
+    inputs, _, _ = make_data(3)
+    state0 = (torch.randn(B, 5, dtype=torch.float64), torch.randn(B, 5, dtype=torch.float64))
+    kept, exact = chunk_jacobians(core, inputs[:1], state0)
+    kept = materialize(kept, 10).transpose(1, 2)  # J itself: (B, 10, 10)
+    assert torch.allclose(kept[:, :, 5:], exact[:, :, 5:], rtol=0, atol=TOL)
+    assert torch.all(kept[:, :, :5] == 0) and exact[:, :, :5].abs().max() > 1e-3  # dropped, and not 0
+
+    flat_core = lstm_without_recurrent_weights().double()
+    kept, exact = chunk_jacobians(flat_core, inputs, state0)
+    assert torch.allclose(materialize(kept, 10).transpose(1, 2), exact, rtol=0, atol=TOL)
+    assert exact[:, :5, 5:].abs().max() > 1e-3  # the readout h_end ← c_start, which the forget gates miss
 
 
 def test_trace_decay_bad_configuration_is_a_clear_error() -> None:
@@ -537,5 +586,5 @@ def test_trace_decay_bad_configuration_is_a_clear_error() -> None:
     with pytest.raises(ConfigError, match="exact target has none"):
         TruncatedBPTT(core, readout, mse_step_loss, sgd, T=3, synthesizer_target="true", trace_decay=0.5)
     custom, custom_readout = make_model("custom")
-    with pytest.raises(ConfigError, match="TwoPartCore has none"):
+    with pytest.raises(ConfigError, match="trace_jacobian.*TwoPartCore has none"):
         TruncatedBPTT(custom, custom_readout, mse_step_loss, sgd, T=3, trace_decay=0.5)

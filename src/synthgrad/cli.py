@@ -97,7 +97,7 @@ _RECURRENT_OPTIONS = [
         "--trace-decay",
         float,
         "dni, dni-aux on copy tasks: μ in [0, 1]; above 0, M regresses once per sequence onto the λ-return "
-        "with the core's diagonal Jacobian ([Note: synthesizer traces]); 0: the paper's bootstrap; default 1",
+        "through the core's trace Jacobian ([Note: synthesizer traces]); 0: the paper's bootstrap; default 1",
     ),
     ("--log-every", int, "samples between metric rows and checkpoints (ptb-char: validations)"),
     ("--curriculum-threshold", float, "copy tasks: bits wrong per sequence below which the length grows"),

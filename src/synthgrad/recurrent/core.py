@@ -106,20 +106,26 @@ that yields the target come from `synthgrad.core` ([Note: SG units], [Note: SG l
 
     With D_k = (∂s_{k+1}/∂s_k)ᵀ, G_k at μ = 1 is exactly the discounted future gradient of the ablation. But
     carrying a vector back through Jacobians is back-propagation through the sequence, BPTT's cost and lock.
-    We keep only the diagonal d_k: the product over the chunk's steps of the core's `state_decay`; for the LSTM
-    that is the forget gates on c and 0 on h, the cell's direct memory path (the local approximation of e-prop
-    and SnAp-1). M regresses onto G_k with the usual loss, summed over the boundaries, one optimizer step per
-    sequence (`trace_decay` = μ; `train_sequence` only). Since M does not step within a sequence, this forward
-    view equals the sum of the online accumulating-trace updates (the backward view of TD(μ); accumulate BP(λ),
-    Pemberton & Costa 2024, carries full Jacobian traces at O(D³) per step). The forward view costs one pass over
-    K boundaries per sequence; an online form would serve endless streams (PTB), and is not implemented. What the
-    core receives is unchanged: its loss + λ·ĝ at every chunk end. μ = 0 is the plain bootstrap, M stepped once
-    per sequence.
+    We keep a cheap part of each step's Jacobian, the core's `trace_jacobian` (a `TraceJacobian`, or a (B, D)
+    tensor for a diagonal), and D_k is the product of those parts over the chunk's steps. For the LSTM that part
+    is the cell path (`CellPath`): the columns of c_{t-1}, which are exact (c_t = f_t ⊙ c_{t-1} + …,
+    h_t = o_t ⊙ tanh(c_t)), so per unit ∂c_t/∂c_{t-1} = f_t and ∂h_t/∂c_{t-1} = o_t ⊙ tanh'(c_t) ⊙ f_t, and
+    the columns of h_{t-1} are dropped (every path from h_{t-1} goes through the recurrent weights, dense). It is
+    the exact Jacobian when the recurrent weights are 0, and close to the local approximations of e-prop and
+    SnAp-1. The first version kept only the forget gates (c → c, no readout h ← c); on Copy at T = 4 the
+    readout term added one length on both seeds tried ([Note: Copy defaults] in train.py). M regresses onto G_k
+    with the usual loss, summed over the boundaries, one optimizer step per sequence (`trace_decay` = μ;
+    `train_sequence` only). Since M does not step within a sequence, this forward view equals the sum of the
+    online accumulating-trace updates (the backward view of TD(μ); accumulate BP(λ), Pemberton & Costa 2024,
+    carries full Jacobian traces at O(D³) per step). The forward view costs one pass over K boundaries per
+    sequence; an online form would serve endless streams (PTB), and is not implemented. What the core receives
+    is unchanged: its loss + λ·ĝ at every chunk end. μ = 0 is the plain bootstrap, M stepped once per sequence.
 """
 
 from __future__ import annotations
 
 import enum
+import functools
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -140,8 +146,9 @@ OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 @runtime_checkable
 class RecurrentCore(Protocol):
     """What the trainer needs from a recurrent core; any tuple-of-tensors state works. Synthesizer traces
-    (`trace_decay` > 0) also need `state_decay(x_t, state) -> (B, D)`: the diagonal of ∂s_{t+1}/∂s_t they keep,
-    in the flattened state's order (`LSTMCore.state_decay`, [Note: synthesizer traces])."""
+    (`trace_decay` > 0) also need `trace_jacobian(x_t, state, next_state)`: the part of the step's Jacobian
+    ∂s_{t+1}/∂s_t they keep, in the flattened state's order, as a `TraceJacobian` or a (B, D) tensor for a
+    diagonal (`LSTMCore.trace_jacobian`, [Note: synthesizer traces])."""
 
     def initial_state(self, batch: int) -> State:
         """The state at the start of a sequence: a tuple of (B, ...) tensors."""
@@ -150,6 +157,54 @@ class RecurrentCore(Protocol):
     def step(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
         """One time step: x_t (B, ...) and state -> (output_t (B, ...), next state)."""
         ...
+
+
+@runtime_checkable
+class TraceJacobian(Protocol):
+    """A linear map kept of a step's (or a chunk's) Jacobian J = ∂s_end/∂s_start, per example, for synthesizer
+    traces ([Note: synthesizer traces])."""
+
+    def then(self, later: TraceJacobian) -> TraceJacobian:
+        """The product `later · self`: this map's steps, then `later`'s (same type)."""
+        ...
+
+    def carry(self, v: Tensor) -> Tensor:
+        """Jᵀ v: a gradient (B, D) at the end state carried back to the start state, (B, D)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Diagonal:
+    """A diagonal Jacobian, d (B, D)."""
+
+    d: Tensor
+
+    def then(self, later: Diagonal) -> Diagonal:
+        return Diagonal(later.d * self.d)
+
+    def carry(self, v: Tensor) -> Tensor:
+        return self.d * v
+
+
+@dataclass(frozen=True)
+class CellPath:
+    """An LSTM's Jacobian along the cell, per unit, state (h, c) flattened as [h, c] (B, 2H): rows (h_end, c_end),
+    columns (h_start, c_start), the block [[0, readout], [0, forget]]; the h columns are dropped."""
+
+    readout: Tensor  # (B, H) ∂h_end/∂c_start along the cell
+    forget: Tensor  # (B, H) ∂c_end/∂c_start, the product of the forget gates
+
+    def then(self, later: CellPath) -> CellPath:
+        return CellPath(later.readout * self.forget, later.forget * self.forget)
+
+    def carry(self, v: Tensor) -> Tensor:
+        v_h, v_c = v.chunk(2, dim=1)
+        return torch.cat([torch.zeros_like(v_h), self.readout * v_h + self.forget * v_c], dim=1)
+
+
+def as_trace_jacobian(j: TraceJacobian | Tensor) -> TraceJacobian:
+    """A core's `trace_jacobian` result as a `TraceJacobian` (a tensor is a diagonal)."""
+    return Diagonal(j) if isinstance(j, Tensor) else j
 
 
 class LSTMCore(nn.Module):
@@ -173,15 +228,19 @@ class LSTMCore(nn.Module):
         h, c = self.cell(x_t, state)  # (B, H) each
         return h, (h, c)
 
-    def state_decay(self, x_t: Tensor, state: State) -> Tensor:
-        """The diagonal that synthesizer traces keep of ∂s_{t+1}/∂s_t ([Note: synthesizer traces]): (B, 2H),
-        0 for h, the forget gate f_t for c (the cell's direct path c_t = f_t ⊙ c_{t-1} + …, exact on its own)."""
+    def trace_jacobian(self, x_t: Tensor, state: State, next_state: State) -> CellPath:
+        """The columns of c_{t-1} of ∂(h_t, c_t)/∂(h_{t-1}, c_{t-1}), exact: f_t on c and o_t ⊙ tanh'(c_t) ⊙ f_t
+        on h ([Note: synthesizer traces]); the h_{t-1} columns (through the recurrent weights) are dropped."""
         h, _ = state
+        f, o = (torch.sigmoid(self._gate(x_t, h, k)) for k in (1, 3))  # gate order i, f, g, o
+        return CellPath(readout=o * (1 - torch.tanh(next_state[1]) ** 2) * f, forget=f)
+
+    def _gate(self, x_t: Tensor, h: Tensor, k: int) -> Tensor:
+        """Pre-activation of gate k (0 i, 1 f, 2 g, 3 o) of `nn.LSTMCell`: (B, H)."""
         H, cell = self.hidden_size, self.cell  # noqa: N806 - the LSTM's H
-        pre = nn.functional.linear(x_t, cell.weight_ih[H : 2 * H]) + nn.functional.linear(h, cell.weight_hh[H : 2 * H])
-        if cell.bias:
-            pre = pre + cell.bias_ih[H : 2 * H] + cell.bias_hh[H : 2 * H]  # gate order i, f, g, o
-        return torch.cat([torch.zeros_like(h), torch.sigmoid(pre)], dim=1)
+        rows = slice(k * H, (k + 1) * H)
+        pre = nn.functional.linear(x_t, cell.weight_ih[rows]) + nn.functional.linear(h, cell.weight_hh[rows])
+        return pre + cell.bias_ih[rows] + cell.bias_hh[rows] if cell.bias else pre
 
 
 class RecurrentMethod(enum.Enum):
@@ -262,7 +321,7 @@ class ChunkStats:
     aux_loss: float | None = None  # L_aux, [Note: DNI + Aux]
     # kept by `train_chunk(..., defer_synthesizer=True)` for the λ-return update ([Note: synthesizer traces]):
     start: Tensor | None = None  # the start boundary's state s_k (B, D)
-    decay: Tensor | None = None  # (B, D) diagonal of ∂s_end/∂s_start kept by the trace (None at a sequence end)
+    jacobian: TraceJacobian | None = None  # what the trace keeps of ∂s_end/∂s_start (None at a sequence end)
 
 
 def _optimizer(params: Iterable[nn.Parameter], factory: OptimizerFactory) -> torch.optim.Optimizer | None:
@@ -318,7 +377,7 @@ class TruncatedBPTT(nn.Module):
         synthesizer_target: what M regresses onto in `train_sequence`: "bootstrap" (the paper's) or "true"
             (the diagnostic of [Note: true-target ablation]).
         trace_decay: μ in [0, 1]; above 0, `train_sequence` trains M once per sequence on the λ-return of
-            [Note: synthesizer traces] (needs a core with `state_decay`); 0 is the paper's per-chunk bootstrap.
+            [Note: synthesizer traces] (needs a core with `trace_jacobian`); 0 is the paper's per-chunk bootstrap.
     """
 
     def __init__(
@@ -366,9 +425,10 @@ class TruncatedBPTT(nn.Module):
                 raise ConfigError("a trace decay applies to dni and dni-aux; truncated BPTT has no synthesizer")
             if self.synthesizer_target is SynthesizerTarget.TRUE:
                 raise ConfigError("a trace decay shapes the bootstrapped target; the exact target has none")
-            if not callable(getattr(core, "state_decay", None)):
+            if not callable(getattr(core, "trace_jacobian", None)):
                 raise ConfigError(
-                    f"a trace decay needs a core with state_decay(x_t, state); {type(core).__name__} has none"
+                    "a trace decay needs a core with trace_jacobian(x_t, state, next_state); "
+                    f"{type(core).__name__} has none"
                 )
         self.trace_decay = trace_decay
         self.core, self.readout, self.loss_fn, self.T = core, readout, loss_fn, T
@@ -426,7 +486,7 @@ class TruncatedBPTT(nn.Module):
             given_target: (B, D) what M's prediction at the start boundary regresses onto instead of the
                 bootstrapped target ([Note: true-target ablation]); None: the bootstrap.
             defer_synthesizer: do not train M here; the stats keep the start state, the target and the chunk's
-                state decay for `train_sequence`'s λ-return update ([Note: synthesizer traces]).
+                trace Jacobian for `train_sequence`'s λ-return update ([Note: synthesizer traces]).
 
         Returns:
             (the end state, detached; `ChunkStats`).
@@ -448,10 +508,15 @@ class TruncatedBPTT(nn.Module):
             step_states,
         )  # fmt: skip
         end = flatten_state(end_state)  # (B, D), with graph
-        decay = None  # under the weights of this forward pass, before the core's step below
+        jacobian = None  # under the weights of this forward pass, before the core's step below
         if step_states is not None:
             with torch.no_grad():
-                decay = math.prod(self.core.state_decay(x, s) for x, s in zip(inputs, step_states, strict=True))
+                nexts = [*step_states[1:], end_state]
+                steps_j = [
+                    as_trace_jacobian(self.core.trace_jacobian(x, s, n))
+                    for x, s, n in zip(inputs, step_states, nexts, strict=True)
+                ]
+                jacobian = functools.reduce(lambda acc, j: acc.then(j), steps_j)
         objective = loss
         synthetic = None
         if synth is not None and not last:
@@ -475,7 +540,7 @@ class TruncatedBPTT(nn.Module):
             self.step()
         if prediction is not None and target is not None:
             if defer_synthesizer:
-                stats.start, stats.decay = start.detach(), decay
+                stats.start, stats.jacobian = start.detach(), jacobian
                 self._measure_synthesizer(prediction, target, stats)
             else:
                 self._train_synthesizer(prediction, target, stats)
@@ -519,10 +584,10 @@ class TruncatedBPTT(nn.Module):
         predictions = self.synthesizer(torch.cat(starts)).split([s.shape[0] for s in starts])  # under current M
         scale = self.discount * self.trace_decay
         returns: list[Tensor] = []
-        for k in reversed(range(len(stats))):  # G_k = target_k + λμ d_k ⊙ (G_{k+1} − ĝ_{k+1}); G_last = target
+        for k in reversed(range(len(stats))):  # G_k = target_k + λμ D_k (G_{k+1} − ĝ_{k+1}); G_last = target
             g = stats[k].target
-            if returns and stats[k].decay is not None:
-                g = g + scale * stats[k].decay * (returns[-1] - predictions[k + 1].detach())
+            if returns and stats[k].jacobian is not None:
+                g = g + scale * stats[k].jacobian.carry(returns[-1] - predictions[k + 1].detach())
             returns.append(g)
         return predictions, returns[::-1]
 
