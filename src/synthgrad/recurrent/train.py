@@ -45,13 +45,16 @@ summary.json, train.log.
     core.py); PTB stays at λ = 0.1 without traces (its stream never ends, and traces need a sequence end).
     The plain bootstrap at λ = 1 does not train on Copy, and at λ = 0.1 it reaches what a target that short
     allows (the recurrent report's analysis). Measured (LSTM 256, batch 32, synthesizer Adam 1e-3, one thread,
-    seed 0, 6 min per row), max length at T = 2 / 3 / 4 / 5 (truncated BPTT: 2 / 2 / 3 / 2):
-        plain bootstrap λ = 0.1: 3 / 4 / 4 / 4 · traces λ = 1, μ = 1: 4 / 5 / 5 / 4 (the recurrent report's rows;
-        a first run of T = 2 / 3 / 4 with fewer sequences in its 6 minutes gave 4 / 4 / 4)
-    At 400k sequences and T = 2 every plain λ in {0.1, 0.3, 0.6, 0.9, 1} gave 2–3; with traces at λ = 1,
-    `--trace-decay 1` gave 4 and `--trace-decay 0.9` gave 2 (a Python probe of a per-chunk online form gave 4
-    at both). With more data the traced run kept growing: 5 by 540k sequences.
-    At T = 4 a synthesizer lr of 3e-4 gave 5 and 3e-3 gave 4 (1e-3: 4); one seed each, so 1e-3 stays.
+    seed 0), max length at T = 2 / 3 / 4 / 5 (truncated BPTT: 2 / 2 / 3 / 2 at 6 and at 10 minutes):
+        6 min: plain bootstrap λ = 0.1: 3 / 4 / 4 / 4 · traces through the forget gates only: 4 / 5 / 5 / 4
+        10 min: forget gates only: 5 / 5 / 6 / 5 · the LSTM's cell path (this default): 6 / 5 / 6 / 5; at T = 4
+        seed 1, forget gates 5 and cell path 6 (BPTT 3)
+    At 400k sequences and T = 2 every plain λ in {0.1, 0.3, 0.6, 0.9, 1} gave 2–3; traces through the forget
+    gates at λ = 1 gave 4 with `--trace-decay 1` and 2 with `--trace-decay 0.9` (a Python probe of a per-chunk
+    online form gave 4 at both). With those traces at T = 4, 6 min, a synthesizer lr of 3e-4 gave 5 and 3e-3
+    gave 4 (1e-3: 4); one seed each, so 1e-3 stays. A single trajectory moves by a length on rounding alone:
+    the same cell-path rule computed once with c_t recomputed in Python (a probe) and once from `nn.LSTMCell`
+    reached 7 and 6 at T = 4 in 10 minutes.
 
 [Note: Repeat Copy curriculum]
     The curriculum grows the sequence length L only; the number of repeats N is drawn uniformly from
