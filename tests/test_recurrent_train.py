@@ -21,6 +21,7 @@ from helpers import run_cli, write_fake_mnist
 from synthgrad.checkpoint import load_checkpoint, save_checkpoint
 from synthgrad.recurrent import multinet
 from synthgrad.recurrent import run as recurrent_run
+from synthgrad.recurrent.experiments import REPORT_BUDGET, suite
 from synthgrad.recurrent.multinet import MultiNetSystem
 from synthgrad.recurrent.tasks import MultiNetTask
 
@@ -338,6 +339,27 @@ def test_reproduce_recurrent_quick_writes_every_row_beside_the_paper(capfd, tmp_
     assert code == 0, err
     again = json.loads((out / "report.json").read_text())
     assert [without_time(r) for r in again] == [without_time(r) for r in results]
+
+
+def test_the_suite_by_default_gives_each_task_the_committed_reports_budget():
+    """`synthgrad reproduce recurrent` with no budget option reproduces reports/recurrent: every row gets its
+    task's budget there; one option gives every row one budget."""
+    committed = json.loads((Path(__file__).parents[1] / "reports" / "recurrent" / "report.json").read_text())
+    rows = suite(None, quick=False, data_dir=None, out=Path("suite"))
+    assert {r.task.value for r in rows} == set(REPORT_BUDGET) == {r["task"] for r in committed}
+    for row in rows:
+        assert {"max_minutes": row.max_minutes, "max_samples": row.max_samples} == {
+            "max_minutes": None,
+            "max_samples": None,
+            **REPORT_BUDGET[row.task.value],
+        }
+    for r in committed:
+        assert {k: r.get(k) for k in ("max_minutes", "max_samples")} == {
+            "max_minutes": None,
+            "max_samples": None,
+            **REPORT_BUDGET[r["task"]],
+        }, (r["task"], r["method"], r["T"])
+    assert {r.max_minutes for r in suite({"max_minutes": 2.0}, quick=False, data_dir=None, out=Path("s"))} == {2.0}
 
 
 def test_reproduce_recurrent_groups_runs_only_those_tasks_and_carries_the_others(capfd, tmp_path):

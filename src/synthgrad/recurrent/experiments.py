@@ -3,7 +3,9 @@
 Rows: BPTT, DNI and DNI + Aux at T = 2, 3, 4, 5 on Copy and Repeat Copy (score: the largest length solved within
 the budget); the same three methods at T = 8 on Penn Treebank characters (test bits per character at the best
 validation point); the two-network system locked and with a DNI at T = 4 (A-steps until B's moving accuracy
-reaches the target). Every row gets the same budget (`minutes` of wall time, or `samples`), stated in the report.
+reaches the target). Every method of a task gets the same budget, stated in the report: by default each task's
+budget in the committed report (`REPORT_BUDGET`), so the command with no budget option reproduces that report;
+`minutes` of wall time or `samples` give every row one budget instead.
 Each run goes through `train_recurrent(..., resume=True)`: an interrupted suite continues where it stopped when
 the same command is run again, and a finished row is not trained twice. `groups` runs only some tasks; the rows
 of the other tasks are carried over from an earlier `report.json` in the same folder, if there is one, and the
@@ -41,16 +43,28 @@ PAPER_LENGTH = {
     ("repeat-copy", "dni"): (39, 33, 39, 59),
 }
 PAPER_PTB_T8 = {"bptt": 1.354, "dni": 1.34}  # PAPER.md §4, test bits per character at T = 8 (C, from a figure)
+# Each task's budget per row in the committed report (reports/recurrent/report.json; a test keeps them equal):
+# about 3.5 hours on one core for the whole suite.
+REPORT_BUDGET: dict[str, dict[str, float | int]] = {
+    "copy": {"max_minutes": 10.0},
+    "repeat-copy": {"max_minutes": 3.0},
+    "ptb-char": {"max_samples": 11_000_000},  # characters
+    "multinet": {"max_minutes": 3.0},
+}
 
 
-def suite(budget: dict, *, quick: bool, data_dir: str | None, out: Path) -> list[RecurrentConfig]:
-    """Every row's config. `budget`: {"max_minutes": M} or {"max_samples": S} (PTB: S × 100 characters, the
-    two networks: S × 10 digits, so one number gives each task a comparable share). `quick`: smoke sizes."""
+def suite(budget: dict | None, *, quick: bool, data_dir: str | None, out: Path) -> list[RecurrentConfig]:
+    """Every row's config. `budget`: {"max_minutes": M} or {"max_samples": S} for every row (PTB: S × 100
+    characters, the two networks: S × 10 digits, so one number gives each task a comparable share), or None:
+    each task's `REPORT_BUDGET`. `quick`: smoke sizes."""
     small = {"hidden_size": 16, "batch_size": 8, "log_every": 200} if quick else {}
     rows = []
 
     def add(task: RecurrentTask, method: RecurrentMethod, T: int, scale: int = 1, **extra: object) -> None:  # noqa: N803
-        b = {k: (v * scale if k == "max_samples" else v) for k, v in budget.items()}
+        if budget is None:
+            b = dict(REPORT_BUDGET[task.value])
+        else:
+            b = {k: (v * scale if k == "max_samples" else v) for k, v in budget.items()}
         run = out / f"{task.value}-{method.value}-T{T}"
         sizes = {**small, **extra}
         rows.append(RecurrentConfig(task=task, method=method, T=T, data_dir=data_dir, out=str(run), **b, **sizes))
@@ -71,19 +85,23 @@ def reproduce_recurrent(
     *,
     data_dir: str | None = None,
     out: str | Path = "runs/reproduce-recurrent",
-    minutes: float | None = 5.0,
+    minutes: float | None = None,
     samples: int | None = None,
     quick: bool = False,
     threads: int | None = None,
     progress: bool = True,
     groups: list[str] | None = None,
 ) -> Path:
-    """Run the suite (`samples` overrides `minutes`; `quick`: 200 samples per row, tiny networks; `groups`: only
-    these tasks, the others carried over from `out/report.json`) and write `report.md`, `report.json` and
-    figures in `out`; returns the report's path."""
+    """Run the suite (budget per row: `samples`, else `minutes`, else each task's `REPORT_BUDGET`; `quick`: 200
+    samples per row, tiny networks; `groups`: only these tasks, the others carried over from `out/report.json`)
+    and write `report.md`, `report.json` and figures in `out`; returns the report's path."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    budget = {"max_samples": samples or 200} if (samples or quick) else {"max_minutes": minutes}
+    budget: dict | None = None
+    if samples or quick:
+        budget = {"max_samples": samples or 200}
+    elif minutes is not None:
+        budget = {"max_minutes": minutes}
     results: list[dict] = []
     if groups is not None and (out / "report.json").exists():
         previous = json.loads((out / "report.json").read_text())
