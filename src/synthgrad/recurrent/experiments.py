@@ -44,7 +44,7 @@ PAPER_LENGTH = {
 }
 PAPER_PTB_T8 = {"bptt": 1.354, "dni": 1.34}  # PAPER.md §4, test bits per character at T = 8 (C, from a figure)
 # Each task's budget per row in the committed report (reports/recurrent/report.json; a test keeps them equal):
-# about 3.5 hours on one core for the whole suite.
+# about 3.3 hours on one core for the whole suite.
 REPORT_BUDGET: dict[str, dict[str, float | int]] = {
     "copy": {"max_minutes": 10.0},
     "repeat-copy": {"max_minutes": 3.0},
