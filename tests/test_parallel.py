@@ -174,10 +174,24 @@ def _torchrun(node: int, port: int, data: Path, out: Path, *extra: object) -> su
     return subprocess.Popen(cmd, env=ENV, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def _finish(nodes: list[subprocess.Popen], timeout: float = 120) -> list[tuple[str, str]]:
+    """Every node's (stdout, stderr); if one hangs, kill them all and fail with every node's output, so a hang
+    (once seen in a full run: node 0 had finished and did not exit) says which node stopped where."""
+    try:
+        return [n.communicate(timeout=timeout) for n in nodes]
+    except subprocess.TimeoutExpired:
+        for n in nodes:
+            n.kill()
+        outputs = [n.communicate() for n in nodes]
+        tails = "\n".join(f"node {i} rc={n.returncode}:\n{o[-2000:]}{e[-4000:]}"
+                          for i, (n, (o, e)) in enumerate(zip(nodes, outputs, strict=True)))  # fmt: skip
+        pytest.fail(f"a torchrun node did not exit within {timeout} s\n{tails}")
+
+
 def test_two_torchrun_nodes_on_loopback(data, tmp_path) -> None:
     port = _free_port()
     nodes = [_torchrun(n, port, data, tmp_path / "run") for n in (0, 1)]
-    results = [n.communicate(timeout=120) for n in nodes]
+    results = _finish(nodes)
     for node, (_, err) in zip(nodes, results, strict=True):
         assert node.returncode == 0, err
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
@@ -187,7 +201,7 @@ def test_two_torchrun_nodes_on_loopback(data, tmp_path) -> None:
 def test_mismatched_configs_between_ranks_fail_before_training(data, tmp_path) -> None:
     port = _free_port()
     nodes = [_torchrun(0, port, data, tmp_path / "run"), _torchrun(1, port, data, tmp_path / "run", "--lr", "0.5")]
-    errs = [n.communicate(timeout=120)[1] for n in nodes]
+    errs = [err for _, err in _finish(nodes)]
     assert all(n.returncode != 0 for n in nodes)
     assert any("different config" in e and "lr" in e for e in errs)
     assert not (tmp_path / "run" / "checkpoint.json").exists()
