@@ -22,6 +22,7 @@ from synthgrad.checkpoint import load_checkpoint
 from synthgrad.config import Method, TrainConfig
 from synthgrad.core import one_hot_context
 from synthgrad.parallel.baselines import split_layers
+from synthgrad.parallel.launch import _watch
 from synthgrad.train import build_network, load_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,6 +86,7 @@ def test_lockstep_equals_in_process(data, tmp_path, method, stages, extra_args, 
     r = cli("parallel", "--stages", stages, "--method", method, "--max-staleness", 0, "--data-dir", data,
             "--epochs", 2, "--out", out, *SMALL, *extra_args)  # fmt: skip
     assert r.returncode == 0, r.stderr
+    assert f"results in {out}" in r.stdout  # rank 0's last line, flushed before its hard exit ([Note: stage exit])
     want = reference(data, method, stages, 2, **extra_cfg)
     for k in range(stages):
         got = load_checkpoint(out / f"stage{k}-e2.pt")
@@ -158,6 +160,26 @@ def test_killed_stage_stops_the_job_and_resume_continues(data, tmp_path, victim)
             "--epochs", done + 1, "--resume")  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert json.loads((out / "checkpoint.json").read_text())["epoch"] == done + 1
+
+
+class _Ended:
+    """A stage process that has already ended with `code` (negative: killed by that signal)."""
+
+    def __init__(self, code: int) -> None:
+        self.code = code
+
+    def poll(self) -> int:
+        return self.code
+
+    def kill(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("order", [(1, -9), (-9, 1)])
+def test_launcher_names_the_stage_killed_by_a_signal(capsys, order) -> None:
+    """Seen ending in the same poll, the killed stage is the cause and the stage that lost it the effect."""
+    assert _watch([_Ended(c) for c in order]) == 1
+    assert f"stage {order.index(-9)} was killed by SIGKILL" in capsys.readouterr().err
 
 
 def _free_port() -> int:

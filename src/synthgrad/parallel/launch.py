@@ -72,24 +72,28 @@ def launch_local(argv: Sequence[str], stages: int, addr: str = "127.0.0.1", port
         raise
 
 
+def _cause(ended: list[tuple[int, int]]) -> tuple[int, int]:
+    """Of stages seen ending at once, (rank, code) of the cause: one killed by a signal before one that exited
+    (having lost it), then the lowest rank."""
+    return min(ended, key=lambda rc: (rc[1] >= 0, rc[0]))
+
+
 def _watch(procs: list[subprocess.Popen]) -> int:
     failed: tuple[int, int] | None = None
     deadline = None
     while True:
         codes = [p.poll() for p in procs]
+        ended = [(rank, code) for rank, code in enumerate(codes) if code not in (None, 0)]
+        if ended and failed is None:
+            failed = _cause(ended)
+            deadline = time.monotonic() + GRACE_S
         if all(c is not None for c in codes):
             break
-        for rank, code in enumerate(codes):
-            if code not in (None, 0) and failed is None:
-                failed = (rank, code)
-                deadline = time.monotonic() + GRACE_S
         if deadline is not None and time.monotonic() > deadline:
             for p in procs:
                 if p.poll() is None:
                     p.kill()
         time.sleep(0.1)
-    if failed is None:
-        failed = next(((r, c) for r, c in enumerate(codes) if c != 0), None)
     if failed is None:
         return 0
     rank, code = failed
