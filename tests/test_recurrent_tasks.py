@@ -21,6 +21,7 @@ from synthgrad.recurrent import (
     RepeatCopyTask,
     TwoAxisCurriculum,
     batchify,
+    bit_errors_by_step,
     bits_per_character,
     evaluate_bpc,
     load_ptb_chars,
@@ -94,6 +95,16 @@ def test_sequence_errors_count_only_scored_bits() -> None:
     assert sequence_bit_errors(wrong, b).tolist() == [0, 1, 0]
     scored_bits = b.mask[:, 0].sum().item() * 9  # a logit of 0 costs exactly one bit per scored bit
     assert sequence_cost_bits(torch.zeros_like(perfect), b).tolist() == pytest.approx([scored_bits] * 3)
+
+
+def test_bit_errors_by_step_are_per_scored_step_in_time_order() -> None:
+    b = CopyTask().sample(4, 3, gen(0))
+    perfect = b.targets * 60 - 30
+    assert bit_errors_by_step(perfect, b).tolist() == [0, 0, 0]  # the 3 output steps only
+    wrong = perfect.clone()
+    wrong[-1, :2, :3] *= -1  # the last output step: 3 bits in 2 of the 4 sequences
+    wrong[0, :, :] = -wrong[0, :, :]  # an unscored input-phase step
+    assert bit_errors_by_step(wrong, b).tolist() == [0, 0, 1.5]
 
 
 def reference_curriculum(errors, threshold, window):

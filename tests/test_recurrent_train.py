@@ -96,6 +96,8 @@ def test_copy_curriculum_grows_the_length_when_the_error_is_below_threshold(capf
     assert code == 0, err
     summary = json.loads((out / "summary.json").read_text())
     assert summary["max_length"] == 40 // 8 and summary["final_length"] == 40 // 8 + 1
+    errors = summary["bit_errors_by_position"]  # [Note: errors by position], at the level not yet solved
+    assert len(errors) == 40 // 8 + 1 and all(0 <= e <= 8 for e in errors) and sum(errors) > 0
     # The paper's 0.15 bits is not met by an untrained LSTM, even judged batch by batch: the length stays at 1.
     args = ["--curriculum-window", "1", "--max-samples", "40"]
     code, _, err = run_cli(capfd, "train", "--task", "copy", "--T", "2", *TINY, *args, "--out", tmp_path / "b")
@@ -128,6 +130,7 @@ def test_repeat_copy_curricula_grow_what_they_say_and_score_it(capfd, tmp_path):
     summary = json.loads((tmp_path / "both" / "summary.json").read_text())
     # levels (L, N): (1,1) (2,1) (2,2) (3,2) (4,2) (5,2) (6,2) solved, N capped at --max-repeats 2; now (7, 2)
     assert (summary["final_length"], summary["final_repeats"], summary["max_length"]) == (7, 2, 12)
+    assert len(summary["bit_errors_by_position"]) == 7 * 2 + 1  # the output phase: N·L vectors, the end marker
     assert summary["repeat_curriculum"] == "both" and summary["score"].startswith("N·L")
     rows = read_rows(tmp_path / "both")
     assert [(r["length"], r["repeats"], r["output_length"]) for r in rows[:3]] == [(2, 1, 2), (2, 2, 4), (3, 2, 6)]

@@ -121,6 +121,14 @@ def sequence_bit_errors(logits: Tensor, batch: SequenceBatch) -> Tensor:
     return wrong.sum((0, 2))
 
 
+def bit_errors_by_step(logits: Tensor, batch: SequenceBatch) -> Tensor:
+    """Wrongly predicted bits at each scored step, averaged over the batch, in time order: (S, B, O) -> (K,) for
+    the K steps scored in every sequence (the whole output phase of a batch of one length)."""
+    scored = batch.mask.bool().all(dim=1)  # (S,)
+    wrong = ((logits[scored] > 0).float() != batch.targets[scored]).float()  # (K, B, O)
+    return wrong.sum(2).mean(1)
+
+
 def sequence_cost_bits(logits: Tensor, batch: SequenceBatch) -> Tensor:
     """Binary cross-entropy in bits per sequence over the scored steps (the NTM paper's cost): -> (B,)."""
     bce = F.binary_cross_entropy_with_logits(logits, batch.targets, reduction="none") * batch.mask[..., None]

@@ -102,16 +102,18 @@ from synthgrad.checkpoint import write_json
 from synthgrad.data import ImageDataset, load_mnist, resolve_data_dir
 from synthgrad.decoupled import adam
 from synthgrad.errors import ConfigError
-from synthgrad.recurrent.core import LSTMCore, RecurrentMethod, SynthesizerTarget, TruncatedBPTT
+from synthgrad.recurrent.core import LSTMCore, RecurrentMethod, SynthesizerTarget, TruncatedBPTT, unroll
 from synthgrad.recurrent.run import RESUMABLE, Session, plot_curves
 from synthgrad.recurrent.tasks import (
     CharCorpus,
     CopyTask,
     Curriculum,
     RepeatCopyTask,
+    SequenceBatch,
     TwoAxisCurriculum,
     batchify,
     bce_step_loss,
+    bit_errors_by_step,
     char_step_loss,
     evaluate_bpc,
     load_ptb_chars,
@@ -123,6 +125,7 @@ from synthgrad.runs import close_logging, flush_denormals, prepare_out, setup_lo
 
 LN2 = math.log(2.0)
 EVAL_ROWS = 32  # PTB valid/test are read as 32 streams: each starts from a zero state, ~0.1% of the characters
+POSITION_SEQUENCES = 1_024  # fresh sequences for Copy tasks' bits wrong by output position ([Note: errors by position])
 
 
 class RecurrentTask(enum.Enum):
@@ -412,17 +415,20 @@ def _train_copy(cfg: RecurrentConfig, session: Session, ckpt: dict | None) -> di
     def repeats() -> dict:
         return {"repeats": curriculum.repeats, "output_length": curriculum.size} if two_axes else {}
 
+    def sample(n: int, gen: torch.Generator) -> SequenceBatch:
+        """n sequences at the curriculum's level."""
+        if two_axes:
+            return task.sample(n, curriculum.length, curriculum.repeats, gen)
+        if isinstance(task, RepeatCopyTask):
+            return task.sample(n, curriculum.length, task.sample_repeats(gen), gen)
+        return task.sample(n, curriculum.length, gen)
+
     def save() -> None:
         state = {"generator": generator.get_state(), "curriculum": curriculum.state_dict(), "sums": sums}
         session.checkpoint(trainer.training_state(), state)
 
     while not session.exhausted():
-        if two_axes:
-            batch = task.sample(cfg.batch_size, curriculum.length, curriculum.repeats, generator)
-        elif isinstance(task, RepeatCopyTask):
-            batch = task.sample(cfg.batch_size, curriculum.length, task.sample_repeats(generator), generator)
-        else:
-            batch = task.sample(cfg.batch_size, curriculum.length, generator)
+        batch = sample(cfg.batch_size, generator)
         chunks = trainer.train_sequence(batch.inputs, batch.targets, batch.mask)
         loss = sum(c.loss for c in chunks)
         session.check_finite(loss, "the training loss")
@@ -456,7 +462,14 @@ def _train_copy(cfg: RecurrentConfig, session: Session, ckpt: dict | None) -> di
         ys=[(current, "current"), ("max_length", "max solved")], step=True, xlabel="sequences",
         ylabel=what, title=f"{cfg.task.value}, {cfg.method.value}, T={cfg.T}",
     )  # fmt: skip
-    result = {"max_length": curriculum.max_solved, "final_length": curriculum.length}
+    result = {
+        "max_length": curriculum.max_solved,
+        "final_length": curriculum.length,
+        # [Note: errors by position]; a generator of its own leaves the training stream untouched
+        "bit_errors_by_position": _errors_by_position(
+            trainer, sample(POSITION_SEQUENCES, torch.Generator().manual_seed(cfg.seed + 1))
+        ),
+    }
     if isinstance(task, RepeatCopyTask):
         result["repeat_curriculum"] = cfg.repeat_curriculum.value
         result["score"] = "N·L, output vectors" if two_axes else "L, N uniform on 1..max_repeats"
@@ -467,6 +480,21 @@ def _train_copy(cfg: RecurrentConfig, session: Session, ckpt: dict | None) -> di
         "curriculum_error": "bits wrong per sequence",
         "curriculum_threshold": cfg.curriculum_threshold,
     }
+
+
+def _errors_by_position(trainer: TruncatedBPTT, batch: SequenceBatch) -> list[float]:
+    """[Note: errors by position]
+    Where in the output the final model goes wrong: bits wrong at each scored step, in time order, averaged
+    over `POSITION_SEQUENCES` fresh sequences at the level the run was working on when it ended (the first one
+    not solved), run forward from the start state with the final weights. On Copy the errors sit at the end of
+    the output: the DNI rows at 10 minutes and the 40-minute T = 2 run got every position right but the last
+    one or two (the recurrent report), that is, reading out late after the delimiter is what they have not
+    learned."""
+    core, readout = trainer.core, trainer.readout
+    with torch.no_grad():
+        state = core.initial_state(batch.inputs.shape[1])
+        _, _, preds, _ = unroll(core, readout, trainer.loss_fn, batch.inputs, batch.targets, state, batch.mask)
+    return [round(v, 4) for v in bit_errors_by_step(torch.stack(preds), batch).tolist()]
 
 
 def _copy_sums() -> dict:
