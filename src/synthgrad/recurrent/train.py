@@ -49,7 +49,7 @@ summary.json, train.log.
         6 min: plain bootstrap λ = 0.1: 3 / 4 / 4 / 4 · traces through the forget gates only: 4 / 5 / 5 / 4
         10 min: forget gates only: 5 / 5 / 6 / 5 · the LSTM's cell path (this default): 6 / 5 / 6 / 5
         10 min, seed 1: cell path 7 / 6 / 6 / 7 against BPTT 2 / 2 / 3 / 2 (forget gates at T = 4: 5)
-        10 min, T = 4, seeds 2 / 3: cell path 5 / 8 against BPTT 3 / 2
+        10 min, T = 4, seeds 2 / 3 / 4 / 5: cell path 5 / 8 / 6 / 7 against BPTT 3 / 2 / 3 / 3
     At 400k sequences and T = 2 every plain λ in {0.1, 0.3, 0.6, 0.9, 1} gave 2–3; traces through the forget
     gates at λ = 1 gave 4 with `--trace-decay 1` and 2 with `--trace-decay 0.9` (a Python probe of a per-chunk
     online form gave 4 at both). With those traces at T = 4, 6 min, a synthesizer lr of 3e-4 gave 5 and 3e-3
