@@ -389,7 +389,8 @@ def _leave_stage_process(code: int) -> None:
     its last epoch with "terminate called without an active exception" (SIGABRT), which the launcher reports
     as a failed job; it never showed in 130 jobs run alone. The PyTorch thread on an atexit destroy
     (pytorch/pytorch#179291) describes the same abort at finalisation. A stage also enables faulthandler, so a
-    crash in C++ prints the Python stack it happened under."""
+    crash in C++ prints the Python stack it happened under. Only `main()` does this: a script that calls
+    `main()` as a torchrun rank ends there too, while `run_worker` and `Runtime.close` return as before."""
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()
