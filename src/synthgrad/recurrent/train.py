@@ -486,10 +486,10 @@ def _errors_by_position(trainer: TruncatedBPTT, batch: SequenceBatch) -> list[fl
     """[Note: errors by position]
     Where in the output the final model goes wrong: bits wrong at each scored step, in time order, averaged
     over `POSITION_SEQUENCES` fresh sequences at the level the run was working on when it ended (the first one
-    not solved), run forward from the start state with the final weights. On Copy the errors sit at the end of
-    the output: the DNI rows at 10 minutes and the 40-minute T = 2 run got every position right but the last
-    one or two (the recurrent report), that is, reading out late after the delimiter is what they have not
-    learned."""
+    not solved; Repeat Copy with `--repeat-curriculum length` draws one N for them all), run forward from the
+    start state with the final weights. On Copy the errors sit at the end of the output: the DNI rows at 10
+    minutes and the 40-minute T = 2 run got every position right but the last one or two (the recurrent
+    report), that is, reading out late after the delimiter is what they have not learned."""
     core, readout = trainer.core, trainer.readout
     with torch.no_grad():
         state = core.initial_state(batch.inputs.shape[1])
