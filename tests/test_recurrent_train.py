@@ -98,6 +98,7 @@ def test_copy_curriculum_grows_the_length_when_the_error_is_below_threshold(capf
     assert summary["max_length"] == 40 // 8 and summary["final_length"] == 40 // 8 + 1
     errors = summary["bit_errors_by_position"]  # [Note: errors by position], at the level not yet solved
     assert len(errors) == 40 // 8 + 1 and all(0 <= e <= 8 for e in errors) and sum(errors) > 0
+    assert (out / "position_errors.png").read_bytes().startswith(b"\x89PNG")
     # The paper's 0.15 bits is not met by an untrained LSTM, even judged batch by batch: the length stays at 1.
     args = ["--curriculum-window", "1", "--max-samples", "40"]
     code, _, err = run_cli(capfd, "train", "--task", "copy", "--T", "2", *TINY, *args, "--out", tmp_path / "b")

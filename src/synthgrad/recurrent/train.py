@@ -3,7 +3,8 @@
 `train_recurrent(cfg)` is what `synthgrad train --task ...` runs. Each task is a thin loop over
 `TruncatedBPTT.train_sequence` (Copy tasks: one episode per batch, chunks of T), `TruncatedBPTT.train_chunk`
 over `stream_chunks` (PTB: one stream, the state carried across chunks) or `MultiNetSystem.train_episode`.
-Outputs in `cfg.out`: config.json, metrics.jsonl (a row every `log_every` samples), learning_curve.png,
+Outputs in `cfg.out`: config.json, metrics.jsonl (a row every `log_every` samples), learning_curve.png
+(Copy tasks also position_errors.png, [Note: errors by position]),
 checkpoint.pt (atomic; `--resume` continues exactly, see [Note: deterministic resume] in `run.py`),
 summary.json, train.log.
 
@@ -103,7 +104,7 @@ from synthgrad.data import ImageDataset, load_mnist, resolve_data_dir
 from synthgrad.decoupled import adam
 from synthgrad.errors import ConfigError
 from synthgrad.recurrent.core import LSTMCore, RecurrentMethod, SynthesizerTarget, TruncatedBPTT, unroll
-from synthgrad.recurrent.run import RESUMABLE, Session, plot_curves
+from synthgrad.recurrent.run import RESUMABLE, Session, plot_bars, plot_curves
 from synthgrad.recurrent.tasks import (
     CharCorpus,
     CopyTask,
@@ -470,6 +471,11 @@ def _train_copy(cfg: RecurrentConfig, session: Session, ckpt: dict | None) -> di
             trainer, sample(POSITION_SEQUENCES, torch.Generator().manual_seed(cfg.seed + 1))
         ),
     }
+    level = f"L={curriculum.length}, N={curriculum.repeats}" if two_axes else f"length {curriculum.length}"
+    plot_bars(
+        result["bit_errors_by_position"], session.out / "position_errors.png", xlabel="output step",
+        ylabel="bits wrong per sequence", title=f"{cfg.task.value}, {cfg.method.value}, T={cfg.T}, at {level}",
+    )  # fmt: skip
     if isinstance(task, RepeatCopyTask):
         result["repeat_curriculum"] = cfg.repeat_curriculum.value
         result["score"] = "N·L, output vectors" if two_axes else "L, N uniform on 1..max_repeats"
