@@ -202,7 +202,6 @@ def _cmd_parallel(args: argparse.Namespace) -> int:
         return launch_local(args.argv, pcfg.stages, pcfg.master_addr, pcfg.master_port)
     from synthgrad.parallel.worker import run_worker
 
-    args.stage_process = True  # main() leaves this process with os._exit ([Note: stage exit])
     faulthandler.enable()  # a stage killed by a signal (a crash in C++) prints its Python stack first
     result = run_worker(pcfg, resume=args.resume, progress=False if args.no_progress else None)
     if os.environ["RANK"] == "0":
@@ -351,8 +350,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = argv
     code = _run(args)
-    if getattr(args, "stage_process", False):
-        _leave_stage_process(code)
+    if args.func is _cmd_parallel:
+        from synthgrad.parallel.runtime import env_rank_world
+
+        if env_rank_world() is not None:  # a stage process, not the launcher
+            _leave_stage_process(code)  # [Note: stage exit]
     return code
 
 

@@ -158,13 +158,9 @@ def plot_curves(
             ax.step(xs, vs, where="post", label=label)
         else:
             ax.plot(xs, vs, marker="." if len(rows) < 50 else None, label=label)
-    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
-    ax.grid(alpha=0.3)
     if len(ys) > 1:
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, ax, path, xlabel=xlabel, ylabel=ylabel, title=title)
 
 
 def plot_bars(values: Sequence[float], path: Path, *, xlabel: str, ylabel: str, title: str) -> None:
@@ -173,8 +169,15 @@ def plot_bars(values: Sequence[float], path: Path, *, xlabel: str, ylabel: str, 
 
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.bar(range(1, len(values) + 1), values)
+    _save(fig, ax, path, xlabel=xlabel, ylabel=ylabel, title=title)
+
+
+def _save(fig, ax, path: Path, *, xlabel: str, ylabel: str, title: str) -> None:
+    """Label, grid and write the figure, then close it."""
+    import matplotlib.pyplot as plt
+
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
-    ax.grid(alpha=0.3, axis="y")
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
