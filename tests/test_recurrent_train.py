@@ -253,6 +253,11 @@ def test_checkpoints_from_before_the_repeat_curriculum_field_resume(capfd, tmp_p
         (["--task", "ptb-char", "--trace-decay", "0.5"], ["--trace-decay", "copy"]),
         (["--task", "copy", "--method", "bptt", "--trace-decay", "1"], ["--trace-decay", "dni"]),
         (["--task", "copy", "--synthesizer-target", "true", "--trace-decay", "1"], ["--trace-decay", "true"]),
+        # An option another task reads is refused, not silently ignored.
+        (["--task", "copy", "--patience", "3"], ["--patience", "--task ptb-char", "not of copy"]),
+        (["--task", "ptb-char", "--curriculum-window", "1"], ["--curriculum-window", "copy and repeat-copy"]),
+        (["--task", "copy", "--max-repeats", "2"], ["--max-repeats", "--task repeat-copy"]),
+        (["--task", "repeat-copy", "--target-accuracy", "0.5"], ["--target-accuracy", "multinet"]),
     ],
     ids=[
         "ptb-missing",
@@ -270,6 +275,10 @@ def test_checkpoints_from_before_the_repeat_curriculum_field_resume(capfd, tmp_p
         "trace-decay-ptb",
         "trace-decay-bptt",
         "trace-decay-true-target",
+        "patience-copy",
+        "curriculum-ptb",
+        "repeats-copy",
+        "accuracy-repeat-copy",
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(capfd, tmp_path, args, needles):
@@ -434,6 +443,15 @@ def test_reproduce_recurrent_groups_runs_only_those_tasks_and_carries_the_others
     assert "Budget per row: 200 sequences; commit " in report
     code, _, err = run_cli(capfd, *args, "--groups", "copy,ptb")
     assert code == 2 and "unknown group(s) ptb" in err
+
+
+@pytest.mark.parametrize("minutes", ["0", "-1", "nan"])
+def test_a_suite_budget_that_is_not_positive_names_its_option_before_any_row(capfd, tmp_path, minutes):
+    out = tmp_path / "suite"
+    code, stdout, err = run_cli(capfd, "reproduce", "recurrent", "--minutes-per-run", minutes, "--out", out)
+    assert code == 2 and stdout == "" and len(err.splitlines()) == 1, err
+    assert "--minutes-per-run" in err and f"got {minutes}" in err
+    assert not out.exists()
 
 
 def test_copy_tasks_default_to_traces_at_full_discount_and_ptb_to_a_tenth():

@@ -34,6 +34,13 @@ def _positive_int(text: str) -> int:
     return v
 
 
+def _positive_float(text: str) -> float:
+    v = float(text)
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return v
+
+
 def _int_tuple(text: str) -> tuple[int, ...]:
     """'1024,1024' -> (1024, 1024); '' or 'none' -> ()."""
     if text.strip().lower() in ("", "none"):
@@ -305,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a smoke-sized run of every row (tiny budget)")
     p.add_argument(
         "--minutes-per-run",
-        type=float,
+        type=_positive_float,
         help="recurrent: wall-time budget of every row (default: each task's budget in the committed report, "
         "reports/recurrent; README)",
     )

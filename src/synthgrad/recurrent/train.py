@@ -191,6 +191,20 @@ _PER_TASK: dict[str, dict[RecurrentTask, float]] = {
 }
 
 
+# Options that only some tasks read (the others ignore the field): `from_dict` rejects one given for another task,
+# so that a misplaced option is an error, not a silent no-op. The copy-task-only synthesizer options are checked
+# in `validate` (they also depend on the method).
+_TASK_ONLY: dict[str, tuple[RecurrentTask, ...]] = {
+    "curriculum_threshold": _COPY_TASKS,
+    "curriculum_window": _COPY_TASKS,
+    "max_repeats": (RecurrentTask.REPEAT_COPY,),
+    "repeat_curriculum": (RecurrentTask.REPEAT_COPY,),
+    "patience": (RecurrentTask.PTB_CHAR,),
+    "eval_chars": (RecurrentTask.PTB_CHAR,),
+    "target_accuracy": (RecurrentTask.MULTINET,),
+    "accuracy_window": (RecurrentTask.MULTINET,),
+}
+
 # Config fields holding an enum: from_dict converts the CLI's strings, to_dict writes the values back.
 _ENUM_FIELDS: dict[str, type[enum.Enum]] = {
     "task": RecurrentTask,
@@ -239,7 +253,8 @@ class RecurrentConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> RecurrentConfig:
-        """From plain values (the CLI's): converts the enums; a feed-forward-only key is named as an option."""
+        """From the values given (the CLI's), converting the enums. A feed-forward-only key, or an option that
+        values' task (default copy) does not read, is a `ConfigError` naming the option."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -254,6 +269,11 @@ class RecurrentConfig:
                     choices = ", ".join(m.value for m in kind)
                     flag, what = key.replace("_", "-"), key.replace("_", " ")
                     raise ConfigError(f"--{flag} {values[key]} is not a recurrent {what}: use {choices}") from None
+        task = values.get("task", cls.task)
+        for key in sorted(values.keys() & _TASK_ONLY.keys()):
+            if task not in _TASK_ONLY[key]:
+                flag, tasks = "--" + key.replace("_", "-"), " and ".join(t.value for t in _TASK_ONLY[key])
+                raise ConfigError(f"{flag} is an option of --task {tasks}, not of {task.value}")
         return cls(**values)
 
     def resolve(self) -> RecurrentConfig:
