@@ -588,3 +588,20 @@ def test_trace_decay_bad_configuration_is_a_clear_error() -> None:
     custom, custom_readout = make_model("custom")
     with pytest.raises(ConfigError, match="trace_jacobian.*TwoPartCore has none"):
         TruncatedBPTT(custom, custom_readout, mse_step_loss, sgd, T=3, trace_decay=0.5)
+
+
+def test_lstm_forget_bias_shifts_only_the_forget_gates_bias_at_init() -> None:
+    """LSTMCore(forget_bias=b) is PyTorch's init (same draws) with b added to the forget rows of one bias, so
+    the forget gates of a zero state start at σ(b ± PyTorch's small biases)."""
+    torch.manual_seed(0)
+    plain = LSTMCore(4, 6)
+    torch.manual_seed(0)
+    shifted = LSTMCore(4, 6, forget_bias=2.0)
+    delta = {name: shifted.state_dict()[name] - p for name, p in plain.state_dict().items()}
+    expected = torch.tensor([0.0] * 6 + [2.0] * 6 + [0.0] * 12)
+    assert torch.allclose(delta["cell.bias_ih"], expected, rtol=0, atol=1e-6)
+    assert all(torch.all(d == 0) for name, d in delta.items() if name != "cell.bias_ih")
+    x, state = torch.zeros(3, 4), shifted.initial_state(3)
+    f = torch.sigmoid(shifted._gate(x, state[0], 1))
+    spread = 2 / 6**0.5  # two biases, each U(±1/√H)
+    assert torch.all((f > torch.sigmoid(torch.tensor(2 - spread))) & (f < torch.sigmoid(torch.tensor(2 + spread))))

@@ -108,10 +108,14 @@ def test_copy_curriculum_grows_the_length_when_the_error_is_below_threshold(capf
 
 @pytest.mark.parametrize(
     ("flag", "value", "key", "recorded"),
-    [("--synthesizer-target", "true", "synthesizer_target", "true"), ("--trace-decay", "0.5", "trace_decay", 0.5)],
-    ids=["true-target-ablation", "synthesizer-traces"],
+    [
+        ("--synthesizer-target", "true", "synthesizer_target", "true"),
+        ("--trace-decay", "0.5", "trace_decay", 0.5),
+        ("--forget-bias", "1", "forget_bias", 1.0),
+    ],
+    ids=["true-target-ablation", "synthesizer-traces", "forget-bias"],
 )
-def test_copy_synthesizer_options_run_and_are_recorded(capfd, tmp_path, flag, value, key, recorded):
+def test_copy_model_and_synthesizer_options_run_and_are_recorded(capfd, tmp_path, flag, value, key, recorded):
     out = tmp_path / "run"
     args = ["--method", "dni", "--T", "2", flag, value, "--max-samples", "40", "--log-every", "16"]
     code, _, err = run_cli(capfd, "train", "--task", "copy", *TINY, *args, "--out", out)
@@ -258,6 +262,7 @@ def test_checkpoints_from_before_the_repeat_curriculum_field_resume(capfd, tmp_p
         (["--task", "ptb-char", "--curriculum-window", "1"], ["--curriculum-window", "copy and repeat-copy"]),
         (["--task", "copy", "--max-repeats", "2"], ["--max-repeats", "--task repeat-copy"]),
         (["--task", "repeat-copy", "--target-accuracy", "0.5"], ["--target-accuracy", "multinet"]),
+        (["--task", "multinet", "--forget-bias", "1"], ["--forget-bias", "ptb-char", "not of multinet"]),
     ],
     ids=[
         "ptb-missing",
@@ -279,6 +284,7 @@ def test_checkpoints_from_before_the_repeat_curriculum_field_resume(capfd, tmp_p
         "curriculum-ptb",
         "repeats-copy",
         "accuracy-repeat-copy",
+        "forget-bias-multinet",
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(capfd, tmp_path, args, needles):

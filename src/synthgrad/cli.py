@@ -92,6 +92,7 @@ _RECURRENT_OPTIONS = [
     ("--task", _RECURRENT_TASKS, "recurrent task (PAPER.md §4-5)"),
     ("--T", int, "chunk length of truncated BPTT (multinet: B's tick period); default per task"),
     ("--hidden-size", int, "LSTM units; default per task"),
+    ("--forget-bias", float, "copy tasks, ptb-char: added to the LSTM's forget-gate bias at init (default 0)"),
     ("--max-samples", int, "budget: sequences (copy), characters (ptb-char) or digits read (multinet)"),
     ("--max-minutes", float, "budget in wall-clock minutes (--resume continues the remaining time)"),
     ("--aux-weight", float, "weight of the DNI + Aux auxiliary loss; default per task (copy tasks 0.1, else 1)"),

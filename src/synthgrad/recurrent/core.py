@@ -212,12 +212,20 @@ def as_trace_jacobian(j: TraceJacobian | Tensor) -> TraceJacobian:
 
 
 class LSTMCore(nn.Module):
-    """An `nn.LSTMCell`; state (h, c), each (B, hidden_size); output h."""
+    """An `nn.LSTMCell`; state (h, c), each (B, hidden_size); output h.
 
-    def __init__(self, input_size: int, hidden_size: int) -> None:
+    forget_bias: added to the forget gates' bias at initialisation. PyTorch draws every bias from U(±1/√H), so
+    the forget gates start near ½ and the cell halves every step; a bias b starts them near σ(b) (1: σ = 0.73,
+    the LSTM default of TensorFlow and Sonnet; Jozefowicz et al. 2015). See [Note: forget bias] in train.py.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, *, forget_bias: float = 0.0) -> None:
         super().__init__()
         self.cell = nn.LSTMCell(input_size, hidden_size)
         self.input_size, self.hidden_size = input_size, hidden_size
+        if forget_bias:
+            with torch.no_grad():
+                self.cell.bias_ih[hidden_size : 2 * hidden_size] += forget_bias  # gate order i, f, g, o
 
     @property
     def output_size(self) -> int:
