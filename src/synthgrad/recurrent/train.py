@@ -69,15 +69,18 @@ summary.json, train.log.
     what the cell holds halves every step until training changes that. PAPER.md does not give the paper's
     init; 1 was the LSTM default of TensorFlow and Sonnet at the time (Jozefowicz et al. 2015). Truncated BPTT
     and DNI both live on what the forward dynamics keep by chance (the recurrent report's analysis), so the
-    init could explain part of the gap to the paper. Measured on Copy, T = 2, seed 0, one thread, the same
-    budget per row (fb: the forget bias; lengths solved, sequences trained in brackets):
+    init could explain part of the gap to the paper. Measured on Copy, T = 2, seed 0, one thread (fb: the
+    forget bias; lengths solved, sequences trained in brackets):
         truncated BPTT, 10 min:  fb 0: 2 (2.3M) · fb 1: 2 (3.2M; 0.62 bits wrong at length 3) · fb 3: 2 (3.0M)
+                        60 min:  fb 1: 2 (16.3M; 4.2 bits wrong at length 3)
         DNI, 10 min:             fb 0: 6 (0.76M) · fb 1: 7 (0.74M) · fb 3: 7 (0.69M)
         DNI, 30 min:             fb 0: 8 (1.6M; first at 1.04M, still 8 at 40 min and 2.0M) · fb 1: 8 (1.7M;
                                  first at 1.25M) · fb 3: 9 (1.5M; first at 1.15M)
+        DNI, 90 min:             fb 3: 10 (3.8M; first at 2.25M; 2.9 bits wrong at length 11)
     DNI solves each length sooner with a larger bias (6 at 532k / 458k / 398k sequences for fb 0 / 1 / 3),
-    about one length more at equal time, but it is still at 8–9 after 30 minutes, far below the paper's 16,
-    and truncated BPTT stays at 2, far below the paper's 7. So the init is not the missing piece, and the
+    about one length more at equal time, but each further length costs about twice the sequences of the last
+    (8 / 9 / 10 at 0.72M / 1.15M / 2.25M for fb 3), 10 after 90 minutes is far below the paper's 16, and
+    truncated BPTT stays at 2, far below the paper's 7. So the init is not the missing piece, and the
     default stays at PyTorch's, the init of every row in the report.
 
 [Note: Repeat Copy curriculum]
