@@ -125,6 +125,20 @@ def test_copy_model_and_synthesizer_options_run_and_are_recorded(capfd, tmp_path
     assert read_rows(out)[-1]["sg_loss"] > 0  # M regressed onto a non-zero target
 
 
+@pytest.mark.parametrize("task", ["copy", "ptb-char"])
+def test_forget_bias_reaches_the_trained_lstm(capfd, tmp_path, task):
+    """--forget-bias b is in the LSTM each task trains: after an update or two the forget rows of bias_ih are
+    still b plus PyTorch's U(±1/√16) (Adam moves a weight ~1e-3 a step), the other gates' rows that alone."""
+    data = ["--data-dir", ptb_dir(), "--eval-chars", "4000", "--max-samples", "16"] if task == "ptb-char" else []
+    args = ["--task", task, "--method", "bptt", "--T", "2", *TINY, "--forget-bias", "5", "--log-every", "8"]
+    code, _, err = run_cli(capfd, "train", *args, *(data or ["--max-samples", "8"]), "--out", tmp_path / "run")
+    assert code == 0, err
+    bias = load_checkpoint(tmp_path / "run" / "checkpoint.pt")["training"]["model"]["core.cell.bias_ih"]
+    i, f, g, o = bias.chunk(4)  # hidden 16 each
+    assert torch.all((f > 4.7) & (f < 5.3)), f
+    assert all(gate.abs().max() < 0.3 for gate in (i, g, o))
+
+
 def test_repeat_copy_curricula_grow_what_they_say_and_score_it(capfd, tmp_path):
     # Every batch solved (a threshold above any error, a window of one): one level per batch of 8 sequences.
     grow = ["--curriculum-threshold", "1000", "--curriculum-window", "1", "--max-samples", "56", "--log-every", "8"]
