@@ -277,6 +277,7 @@ def test_checkpoints_from_before_the_repeat_curriculum_field_resume(capfd, tmp_p
         (["--task", "copy", "--max-repeats", "2"], ["--max-repeats", "--task repeat-copy"]),
         (["--task", "repeat-copy", "--target-accuracy", "0.5"], ["--target-accuracy", "multinet"]),
         (["--task", "multinet", "--forget-bias", "1"], ["--forget-bias", "ptb-char", "not of multinet"]),
+        (["--task", "copy", "--forget-bias", "nan"], ["--forget-bias", "finite", "nan"]),
     ],
     ids=[
         "ptb-missing",
@@ -299,6 +300,7 @@ def test_checkpoints_from_before_the_repeat_curriculum_field_resume(capfd, tmp_p
         "repeats-copy",
         "accuracy-repeat-copy",
         "forget-bias-multinet",
+        "forget-bias-nan",
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(capfd, tmp_path, args, needles):

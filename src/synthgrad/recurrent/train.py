@@ -333,6 +333,7 @@ class RecurrentConfig:
         checks = [
             (self.T is None or self.T >= 1, f"--T must be >= 1, got {self.T}"),
             (self.hidden_size is None or self.hidden_size >= 1, f"--hidden-size must be >= 1, got {self.hidden_size}"),
+            (math.isfinite(self.forget_bias), f"--forget-bias must be a finite number, got {self.forget_bias}"),
             (self.lr > 0, f"--lr must be > 0, got {self.lr}"),
             (self.synthesizer_lr is None or self.synthesizer_lr > 0, "--synthesizer-lr must be > 0"),
             (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
