@@ -146,7 +146,7 @@ def config_from_args(args: argparse.Namespace):
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from synthgrad.train import train
+    from synthgrad.training import train
 
     if args.task is not None:
         return _cmd_train_recurrent(args)
@@ -185,7 +185,7 @@ def _cmd_train_recurrent(args: argparse.Namespace) -> int:
 def _cmd_parallel(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from synthgrad.config import Method, ParallelConfig, Schedule
+    from synthgrad.config import Method, ParallelConfig, ScheduleKind
     from synthgrad.parallel.runtime import env_rank_world
 
     cfg = config_from_args(args)
@@ -193,17 +193,18 @@ def _cmd_parallel(args: argparse.Namespace) -> int:
     pcfg = ParallelConfig(
         train=cfg,
         stages=args.stages,
-        schedule=Schedule(schedule),
+        schedule=ScheduleKind(schedule),
         max_staleness=args.max_staleness,
+        microbatches=args.microbatches,
         eval_every=args.eval_every,
         target_error=None if args.target_accuracy is None else 100.0 - args.target_accuracy,
         master_addr=args.master_addr,
         master_port=args.master_port,
         timeout_s=args.timeout,
     )
-    if pcfg.schedule is Schedule.SINGLE:
+    if pcfg.schedule is ScheduleKind.SINGLE:
         pcfg = dataclasses.replace(pcfg, stages=1)
-    pcfg.validate()
+    pcfg = pcfg.validate().resolve()
     if env_rank_world() is None:  # the launcher: start one process per stage on this machine
         from synthgrad.parallel.launch import launch_local
 
@@ -216,7 +217,7 @@ def _cmd_parallel(args: argparse.Namespace) -> int:
         sps = result.get("samples_per_s")
         print(
             f"{pcfg.schedule.value} ({cfg.method.value}, {pcfg.stages} stages): test error "
-            f"{result.get('final_test_error', float('nan')):.2f}%, {sps or 0:.0f} samples/s; results in {cfg.out}"
+            f"{result['test_error']:.2f}%, {sps or 0:.0f} samples/s; results in {cfg.out}"
         )
     return 0
 
@@ -341,6 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--max-staleness", type=int, default=2, help="synthesizer targets at most S steps late (0: lockstep)"
     )
+    g.add_argument("--microbatches", type=int, help="gpipe, 1f1b: micro-batches per batch (default max(4, stages))")
     g.add_argument("--eval-every", type=int, default=0, help="steps between test evaluations (time to target)")
     g.add_argument("--target-accuracy", type=float, help="test accuracy %% for time-to-target, e.g. 97.5")
     g.add_argument("--master-addr", default="127.0.0.1", help="rendezvous address (default: loopback)")
@@ -368,7 +370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from synthgrad.parallel.runtime import StageLost
-    from synthgrad.train import TrainingDiverged
+    from synthgrad.errors import TrainingDiverged
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:

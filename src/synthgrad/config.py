@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 from dataclasses import dataclass, fields
 from importlib import resources
 from pathlib import Path
@@ -38,18 +39,18 @@ class TrainConfig:
     width: int | None = None  # FCN units / CNN filters; None: the paper's (MNIST FCN 256, CIFAR FCN 1000, CNN 64/128)
     # -- method
     method: Method = Method.DNI
-    synthesizer: SynthesizerKind | None = None  # None: the method's default, see `synthesizer_spec`
-    synthesizer_hidden: tuple[int, ...] | None = None  # None: per kind, see `synthesizer_spec`
+    synthesizer: SynthesizerKind | None = None  # None: the method's default, see `resolve`
+    synthesizer_hidden: tuple[int, ...] | None = None  # None: per kind, see `resolve`
     update_prob: float = 1.0  # update decoupling: each module updates with probability p per step
     unlock: str | None = None  # "full": complete unlock with synthetic inputs
     # Fold the true gradient of every k-th batch into every module as it arrives ([Note: folding in true
-    # gradients] in decoupled.py); 0 never; None: the method's default, see `fold_interval`.
+    # gradients] in stage.py); 0 never; None: the method's default, see `resolve`.
     fold_every: int | None = None
     # -- optimisation: Adam with batch 256 as in PAPER.md §2.
     epochs: int = 10
     batch_size: int = 256
-    lr: float | None = None  # module learning rate; None: the method's default, see `module_lr`
-    synthesizer_lr: float | None = None  # None: the method's default, see `synthesizer_learning_rate`
+    lr: float | None = None  # module learning rate; None: the method's default, see `resolve`
+    synthesizer_lr: float | None = None  # None: the method's default, see `resolve`
     seed: int = 0
     # -- running
     device: str = "cpu"  # cpu | cuda | cuda:N
@@ -83,7 +84,7 @@ class TrainConfig:
             raise ConfigError("--unlock, --update-prob, --synthesizer and --fold-every need --method dni or cdni")
         if self.fold_every is not None and self.fold_every < 0:
             raise ConfigError(f"--fold-every must be >= 0, got {self.fold_every}")
-        if self.fold_interval() and self.unlock:
+        if self.fold_every and self.unlock:
             raise ConfigError("folding true gradients needs real inputs: use --fold-every 0 with --unlock full")
         if self.layers == 1 and self.method is not Method.BACKPROP:
             raise ConfigError("a 1-layer network has no interface to decouple: use --layers >= 2")
@@ -91,83 +92,45 @@ class TrainConfig:
             raise ConfigError(f"--device must be cpu, cuda or cuda:N, got {self.device!r}")
         return self
 
-    # -- derived choices, kept here so the trainer, the reports and the parallel runtime agree
-    def module_lr(self) -> float:
-        """The modules' Adam learning rate: `lr`, else the method's default.
-
-        Measured on the 6-layer MNIST FCN (BENCHMARKS.md): backprop and cDNI learn fastest at 1e-4 within tens of
-        epochs (the paper's 3e-5 is for 500k steps). DNI folds the true gradient of every 3rd batch in, so its
-        modules take a true-gradient step a third as often, and learn as fast at 2e-4 (20 epochs, 3 seeds: +0.08
-        to +0.21 points over backprop at 3-6 layers); folding every batch, at 1e-4 as backprop. (Plain DNI
-        without folding needs its modules slower than its synthesizers can follow: the paper's recipe keeps
-        3e-5, see `paper_recipe`.)
-        """
-        if self.lr is not None:
-            return self.lr
-        if self._dni_without_folding():
-            return 3e-5
-        return 2e-4 if self.method is Method.DNI and self.fold_interval() > 1 else 1e-4
-
-    def _dni_without_folding(self) -> bool:
-        """DNI where folding cannot work (complete unlock) or is turned off: the paper's recipe is its best."""
-        return self.method is Method.DNI and self.fold_interval() == 0
-
-    def synthesizer_learning_rate(self) -> float:
-        """The synthesizers' Adam learning rate: `synthesizer_lr`, else the method's default.
-
-        Synthesizers chase a moving target, so cDNI's learn 10× faster than the modules (1e-3; 3e-3 was worse).
-        DNI's, whose targets are dominated by the label they cannot see, do better at the modules' 1e-4 once
-        true gradients are folded in (6-layer FCN, 20 epochs: 1.84% against 2.10% with 1e-3). BENCHMARKS.md,
-        "Recipe ablation".
-        """
-        if self.synthesizer_lr is not None:
-            return self.synthesizer_lr
-        return 1e-4 if self.method is Method.DNI and not self._dni_without_folding() else 1e-3
-
-    def fold_interval(self) -> int:
-        """Every how many batches a true gradient is folded in (0: never): `fold_every`, else the method's.
-
-        DNI folds every 3rd batch: a synthesizer that cannot see the label cannot predict the part of the
-        gradient that is about the label, and without it the lower modules starve (PAPER.md §3: 4.3% at 6 layers
-        even after 500k steps). Folding every batch matches backprop's error but costs 2× its time per step;
-        every 3rd batch stays within 0.3 points of it at 1.4× (BENCHMARKS.md, "Recipe ablation"). cDNI's
-        synthesizer sees the label and matches backprop without folding, at a lower cost. Complete unlock trains
-        on synthetic inputs, which folding cannot correct: never there.
-        """
-        if self.fold_every is not None:
-            return self.fold_every
-        return 3 if self.method is Method.DNI and self.unlock is None else 0
-
-    def model_width(self) -> int:
-        if self.width is not None:
-            return self.width
-        if self.model == "cnn":
-            return 64 if self.dataset == "mnist" else 128
-        return 256 if self.dataset == "mnist" else 1000
+    # -- the defaults left open (None) above, resolved once for everyone (trainer, runtime, reports)
+    def resolve(self) -> TrainConfig:
+        """The config with every method-dependent default filled in; the reasons, measured in BENCHMARKS.md
+        ("Recipe ablation"), are the comments below. Idempotent; call `validate` first."""
+        r = dataclasses.replace(self, width=self.width or _default_width(self.model, self.dataset))
+        if r.method is Method.BACKPROP:  # no synthesizer, nothing to fold
+            return dataclasses.replace(r, fold_every=0, lr=r.lr or 1e-4)
+        # DNI folds every 3rd batch's true gradient in: a synthesizer that cannot see the label cannot predict
+        # the part of the gradient that is about the label (PAPER.md §3: 4.3% at 6 layers after 500k steps).
+        # Every batch matches backprop's error at 2× its time per step; every 3rd stays within 0.3 points at
+        # 1.4×. cDNI's synthesizer sees the label and needs no folding. Complete unlock trains on synthetic
+        # inputs, which folding cannot correct: never there.
+        fold = r.fold_every if r.fold_every is not None else (3 if r.method is Method.DNI and not r.unlock else 0)
+        plain_dni = r.method is Method.DNI and fold == 0  # the paper's recipe is its best there (`paper_recipe`)
+        # Module lr: backprop and cDNI learn fastest at 1e-4 within tens of epochs (the paper's 3e-5 is for 500k
+        # steps); folding every k > 1 batches takes a true-gradient step a k-th as often and learns as fast at
+        # 2e-4; plain DNI needs its modules slower than its synthesizers can follow (3e-5).
+        lr = r.lr or (3e-5 if plain_dni else 2e-4 if r.method is Method.DNI and fold > 1 else 1e-4)
+        # Synthesizers chase a moving target: cDNI's learn 10× faster than the modules (1e-3; 3e-3 was worse).
+        # Folding DNI's, whose targets are true gradients dominated by the label, do better at 1e-4.
+        synthesizer_lr = r.synthesizer_lr or (1e-4 if r.method is Method.DNI and not plain_dni else 1e-3)
+        # FCNs: a low-rank map of rank width/16 (plus the label term for cDNI): 1/8 of its layer's arithmetic;
+        # rank 16 matches rank 64 on the 256-wide FCN, and on a 1024-wide FCN rank 64 learns faster early.
+        # Plain DNI needs the paper's MLP (9.8% with a linear one). CNNs: conv synthesizers (PAPER.md §2).
+        kind = r.synthesizer or (
+            SynthesizerKind.CONV if r.model == "cnn" else SynthesizerKind.MLP if plain_dni else SynthesizerKind.LOWRANK
+        )
+        hidden = r.synthesizer_hidden
+        if hidden is None:
+            hidden = {SynthesizerKind.CONV: (128, 128), SynthesizerKind.LOWRANK: (max(16, r.width // 16),)}.get(
+                kind, (1024, 1024)
+            )
+        return dataclasses.replace(
+            r, fold_every=fold, lr=lr, synthesizer_lr=synthesizer_lr, synthesizer=kind, synthesizer_hidden=hidden
+        )
 
     def synthesizer_spec(self) -> SynthesizerSpec:
-        """The synthesizers, unless overridden: for FCNs a low-rank map of rank width/16 (plus the label term for
-        cDNI), conv synthesizers for CNNs (PAPER.md §2); `paper_recipe` gives the paper's. Measured (BENCHMARKS.md,
-        "Recipe ablation"): cDNI's paper synthesizer, linear, costs 4× the arithmetic for no gain in 20 epochs;
-        with folding, DNI's accuracy comes mostly from the folded true gradients, so it gets the cheap synthesizer
-        too (the paper's 2×1024 MLP costs ~20× backprop per step)."""
-        if self.synthesizer is not None:
-            kind = self.synthesizer
-        elif self.model == "cnn":
-            kind = SynthesizerKind.CONV
-        elif self._dni_without_folding():
-            kind = SynthesizerKind.MLP  # without folding DNI needs the paper's synthesizer: 9.8% with a linear one
-        else:
-            kind = SynthesizerKind.LOWRANK
-        hidden = self.synthesizer_hidden
-        if hidden is None:
-            # Low rank: width / 16, at least 16. On the 256-wide MNIST FCN rank 16 matches rank 64 (20 epochs:
-            # 1.86% against 1.85%); on a 1024-wide FCN rank 16 learns more slowly in the first epochs (parallel
-            # benchmark, 3 epochs: 2.22% against rank 64's 1.97%). Both keep the synthesizer at 1/8 of the
-            # arithmetic of the layer it serves.
-            rank = max(16, self.model_width() // 16)
-            hidden = {SynthesizerKind.CONV: (128, 128), SynthesizerKind.LOWRANK: (rank,)}.get(kind, (1024, 1024))
-        return SynthesizerSpec(kind, tuple(hidden))
+        """The synthesizers of a resolved config."""
+        return SynthesizerSpec(self.synthesizer, tuple(self.synthesizer_hidden or ()))
 
     def to_dict(self) -> dict[str, Any]:
         out = {}
@@ -177,7 +140,14 @@ class TrainConfig:
         return out
 
 
-class Schedule(enum.Enum):
+def _default_width(model: str, dataset: str) -> int:
+    """The paper's (PAPER.md §2): MNIST FCN 256, CIFAR-10 FCN 1000, CNN 64 (MNIST) / 128 (CIFAR-10)."""
+    if model == "cnn":
+        return 64 if dataset == "mnist" else 128
+    return 256 if dataset == "mnist" else 1000
+
+
+class ScheduleKind(enum.Enum):
     """How `synthgrad parallel` runs the K processes."""
 
     DECOUPLED = "decoupled"  # DNI/cDNI stages, never waiting for gradients from downstream
@@ -194,10 +164,11 @@ class ParallelConfig:
 
     train: TrainConfig
     stages: int = 2  # K processes; for model/pipeline parallelism a contiguous block of layers each
-    schedule: Schedule = Schedule.DECOUPLED  # --method backprop picks model-parallel unless named
+    schedule: ScheduleKind = ScheduleKind.DECOUPLED  # --method backprop picks model-parallel unless named
     # Targets of a synthesizer may arrive up to this many of its own steps late ([Note: bounded staleness]); 0 is
     # lockstep (equal to the in-process run). 2 lets a stage run two batches ahead, enough to hide one hop.
     max_staleness: int = 2
+    microbatches: int | None = None  # torch pipeline schedules: micro-batches per batch; None: max(4, stages)
     eval_every: int = 0  # steps between test evaluations (for time-to-target); 0: at epoch ends only
     target_error: float | None = None  # test error % that counts as "target reached" (e.g. 2.5 = 97.5% accuracy)
     master_addr: str = "127.0.0.1"  # rendezvous: loopback unless the user names another address
@@ -209,30 +180,41 @@ class ParallelConfig:
         t = self.train
         if self.stages < 1:
             raise ConfigError(f"--stages must be >= 1, got {self.stages}")
-        if self.schedule is not Schedule.DDP and self.stages > t.layers:
+        if self.schedule is not ScheduleKind.DDP and self.stages > t.layers:
             raise ConfigError(f"--stages {self.stages} is more than the model's {t.layers} layers")
-        if self.schedule is Schedule.DECOUPLED and t.method is Method.BACKPROP:
+        if self.schedule is ScheduleKind.DECOUPLED and t.method is Method.BACKPROP:
             raise ConfigError("the decoupled schedule needs --method dni or cdni (backprop: --schedule model-parallel)")
-        if self.schedule is not Schedule.DECOUPLED and t.method is not Method.BACKPROP:
+        if self.schedule is not ScheduleKind.DECOUPLED and t.method is not Method.BACKPROP:
             raise ConfigError(f"--schedule {self.schedule.value} trains with backprop: use --method backprop")
-        if self.schedule is Schedule.DECOUPLED and self.stages < 2:
+        if self.schedule is ScheduleKind.DECOUPLED and self.stages < 2:
             raise ConfigError("the decoupled schedule needs --stages >= 2 (one stage is plain backprop)")
         if self.max_staleness < 0:
             raise ConfigError(f"--max-staleness must be >= 0, got {self.max_staleness}")
+        if not (self.timeout_s > 0 and math.isfinite(self.timeout_s)):
+            raise ConfigError(f"--timeout must be a number of seconds > 0, got {self.timeout_s}")
+        if self.microbatches is not None and self.microbatches < 1:
+            raise ConfigError(f"--microbatches must be >= 1, got {self.microbatches}")
         if self.master_port is not None and not 0 < self.master_port < 65536:
             raise ConfigError(f"--master-port must be in 1..65535, got {self.master_port}")
         if t.model != "fcn":
             raise ConfigError("synthgrad parallel supports --model fcn for now")
         return self
 
+    def resolve(self) -> ParallelConfig:
+        """The config with its training config resolved (`TrainConfig.resolve`)."""
+        return dataclasses.replace(self, train=self.train.resolve())
+
     def to_dict(self) -> dict[str, Any]:
+        """One flat mapping: the training config's fields and the job's."""
         return {
-            "train": self.train.to_dict(),
+            **self.train.to_dict(),
             "stages": self.stages,
             "schedule": self.schedule.value,
             "max_staleness": self.max_staleness,
+            "microbatches": self.microbatches,
             "eval_every": self.eval_every,
             "target_error": self.target_error,
+            "timeout_s": self.timeout_s,
         }
 
 
@@ -319,7 +301,7 @@ def paper_recipe(method: Method) -> dict[str, Any]:
 __all__ = [
     "Method",
     "ParallelConfig",
-    "Schedule",
+    "ScheduleKind",
     "TrainConfig",
     "from_dict",
     "load_config_file",

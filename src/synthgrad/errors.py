@@ -11,3 +11,7 @@ class DataError(SynthgradError):
 
 class ConfigError(SynthgradError):
     """An impossible or inconsistent configuration value."""
+
+
+class TrainingDiverged(SynthgradError):
+    """The loss, a weight or an optimizer state became NaN or infinite (the CLI exits 3)."""

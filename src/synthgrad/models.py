@@ -53,3 +53,13 @@ def cnn(
         h, w = (h + 1) // 2, (w + 1) // 2
     blocks.append(nn.Sequential(nn.Flatten(), nn.Linear(channels * h * w, num_classes)))
     return nn.Sequential(*blocks)
+
+
+MODELS = ("fcn", "cnn")
+
+
+def build_model(name: str, input_shape: Sequence[int], num_classes: int, *, layers: int, width: int) -> nn.Sequential:
+    """One of `MODELS`: `fcn` with `width` units per layer, or `cnn` with `width` filters."""
+    if name == "cnn":
+        return cnn(input_shape, num_classes, layers=layers, channels=width)
+    return fcn(input_shape, num_classes, layers=layers, width=width)

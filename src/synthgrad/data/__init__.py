@@ -14,10 +14,12 @@ from synthgrad.data.idx import read_idx, write_idx
 from synthgrad.data.mnist import ImageDataset, load_mnist
 
 __all__ = [
+    "DATASETS",
     "DEFAULT_DATA_DIR",
     "DatasetSplits",
     "ImageDataset",
     "load_cifar10",
+    "load_dataset",
     "load_mnist",
     "read_idx",
     "resolve_data_dir",
@@ -38,3 +40,12 @@ def resolve_data_dir(arg: str | os.PathLike[str] | None = None) -> Path:
     if env:
         return Path(env).expanduser()
     return DEFAULT_DATA_DIR.expanduser()
+
+
+DATASETS = ("mnist", "cifar10")
+
+
+def load_dataset(name: str, data_dir: str | os.PathLike[str] | None = None, *, download: bool = False) -> ImageDataset:
+    """The image dataset `name` (one of `DATASETS`) from `resolve_data_dir(data_dir)`."""
+    loaders = {"mnist": load_mnist, "cifar10": load_cifar10}
+    return loaders[name](resolve_data_dir(data_dir), download=download)

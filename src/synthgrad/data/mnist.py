@@ -40,6 +40,13 @@ class ImageDataset:
         c, h, w = self.train_images.shape[1:]
         return (int(c), int(h), int(w))
 
+    def to(self, device: str | torch.device) -> ImageDataset:
+        """The same splits on `device` (this dataset if they are there already)."""
+        if self.train_images.device == torch.device(device):
+            return self
+        moved = {k: getattr(self, k).to(device) for k in ("train_images", "train_labels", "test_images", "test_labels")}
+        return ImageDataset(**moved, num_classes=self.num_classes, name=self.name)
+
     def __repr__(self) -> str:
         return (
             f"ImageDataset(name={self.name!r}, train={tuple(self.train_images.shape)}, "

@@ -145,6 +145,24 @@ class Runtime:
             raise StageLost(f"stage {self.rank}: a stage was lost while gathering results ({_short(e)})") from None
         return out
 
+    def gather_object(self, obj: object, dst: int = 0) -> list | None:
+        """Every rank's `obj` on rank `dst` (None elsewhere)."""
+        out: list | None = [None] * self.world_size if self.rank == dst else None
+        try:
+            dist.gather_object(obj, out, dst=dst)
+        except Exception as e:
+            raise StageLost(f"stage {self.rank}: a stage was lost while gathering weights ({_short(e)})") from None
+        return out
+
+    def all_reduce(self, values: list[float], op: str) -> list[float]:
+        """Element-wise "sum" or "max" of `values` over ranks."""
+        t = torch.tensor(values, dtype=torch.float64)
+        try:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+        except Exception as e:
+            raise StageLost(f"stage {self.rank}: a stage was lost while agreeing on metrics ({_short(e)})") from None
+        return t.tolist()
+
     def broadcast_object(self, obj: object, src: int = 0) -> object:
         box = [obj]
         try:

@@ -9,16 +9,15 @@ reads Mikolov's files; `MultiNetTask` is the data of the two-network system (PAP
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from synthgrad.data.mnist import ImageDataset
+from synthgrad.data.ptb import PTB_SPLITS, CharCorpus, load_ptb_chars, ptb_char_path, read_char_symbols  # noqa: F401
 from synthgrad.errors import ConfigError, DataError
 from synthgrad.recurrent.core import RecurrentCore
 
@@ -212,62 +211,6 @@ class TwoAxisCurriculum(Curriculum):
 
 
 # ---------------------------------------------------------------------------------------------- Penn Treebank
-PTB_SPLITS = ("train", "valid", "test")
-NEWLINE = "\n"  # the end of a line is a symbol of its own
-
-
-@dataclass(frozen=True)
-class CharCorpus:
-    """Symbol ids (N,) int64 per split; `vocab[i]` is symbol i (built from train, sorted)."""
-
-    train: Tensor
-    valid: Tensor
-    test: Tensor
-    vocab: tuple[str, ...]
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self.vocab)
-
-    def decode(self, ids: Tensor) -> str:
-        return "".join(self.vocab[i] for i in ids.tolist())
-
-
-def ptb_char_path(data_dir: str | Path, split: str) -> Path:
-    """`ptb.char.{split}.txt` in `data_dir` or `data_dir/ptb`; DataError naming the file if neither has it."""
-    name = f"ptb.char.{split}.txt"
-    data_dir = Path(data_dir).expanduser()
-    for d in (data_dir, data_dir / "ptb"):
-        if (d / name).is_file():
-            return d / name
-    raise DataError(f"Penn Treebank file {name} not found in {data_dir} (nor in its ptb/ subfolder)")
-
-
-def read_char_symbols(path: Path) -> str:
-    """The symbols of a Mikolov character file: characters separated by spaces, `_` the word space, each line
-    ending in a newline symbol. Returns them as one string (one character per symbol)."""
-    text = path.read_text(encoding="utf-8")
-    bad = re.search(r"[^ \n]{2,}", text)
-    if bad:
-        line = text.count("\n", 0, bad.start()) + 1
-        raise DataError(f"{path}:{line}: token {bad.group()!r} is not a single character separated by spaces")
-    return text.replace(" ", "")
-
-
-def load_ptb_chars(data_dir: str | Path) -> CharCorpus:
-    """Read the three splits; the vocabulary is the sorted set of train symbols (50 for PTB)."""
-    symbols = {s: read_char_symbols(ptb_char_path(data_dir, s)) for s in PTB_SPLITS}
-    vocab = tuple(sorted(set(symbols["train"])))
-    index = {c: i for i, c in enumerate(vocab)}
-    ids = {}
-    for split, text in symbols.items():
-        unknown = set(text) - index.keys()
-        if unknown:
-            raise DataError(f"{ptb_char_path(data_dir, split)}: symbols not in train: {sorted(unknown)}")
-        ids[split] = torch.tensor([index[c] for c in text], dtype=torch.long)
-    return CharCorpus(ids["train"], ids["valid"], ids["test"], vocab)
-
-
 def batchify(stream: Tensor, batch: int) -> Tensor:
     """(N,) -> (B, N // B): B contiguous streams, the tail that does not fill a row dropped."""
     _check_positive(batch=batch)

@@ -1,0 +1,178 @@
+"""The interface: one cut between two modules, where a synthesizer stands in for what has not arrived yet.
+
+An `Interface` is the paper's central noun (PAPER.md §1): the synthesizer M that predicts the gradient at the cut
+from local information (the activation h and a context c), the optimizer that trains M, and the *target rule*
+that says what M regresses onto. The same object serves the feed-forward chain (`synthgrad.stage`), the boundary
+between two chunks of a recurrent core (`synthgrad.recurrent.bptt`) and the message between two networks
+(`synthgrad.recurrent.multinet`). An `InputInterface` is the forward counterpart for complete unlock: a
+synthesizer I that predicts a module's input from the network input.
+
+Target rules are small values, not flags; each names where M's target comes from:
+
+    Bootstrap(discount)         the module above's synthetic gradient carried back through it, scaled by λ
+                                (PAPER.md §1, §4; [Note: bootstrapped target] in synthgrad/core.py)
+    TrueGradient(every, ...)    the exact gradient, when it arrives: in a chain, that of every k-th batch, which
+                                is also folded into the module ([Note: folding in true gradients] in stage.py);
+                                on a recurrent core, the exact λ-discounted future gradient (an oracle); between
+                                two networks, the receiving network's gradient
+    LambdaReturn(discount, μ)   TD(μ) traces over a recurrent sequence ([Note: synthesizer traces])
+
+An interface without a synthesizer predicts exactly zero: with `TrueGradient(every=1)` that is delayed backprop,
+the stale-gradient pipeline (PipeDream's weight stashing) DNI is measured against.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from synthgrad.core import batch_cosine, synthesizer_loss
+from synthgrad.errors import ConfigError
+from synthgrad.optim import OptimizerFactory, optimizer_or_none, step_and_clear
+
+
+@dataclass(frozen=True)
+class Bootstrap:
+    """M regresses onto the gradient carried back through the module above, δ = (∂h'/∂h)ᵀ λ ĝ' (PAPER.md §1)."""
+
+    discount: float = 1.0  # λ on the synthetic gradient where it enters a backward pass ([Note: discount])
+
+    def keeps(self, step: int) -> bool:
+        """Whether batch `step` stays in flight for a true gradient (never: targets come from the next module)."""
+        return False
+
+    @property
+    def carries_input_gradient(self) -> bool:
+        """Every backward pass of the module above must carry a gradient down: it is this cut's target."""
+        return True
+
+
+@dataclass(frozen=True)
+class TrueGradient:
+    """M regresses onto the true gradient of every `every`-th batch when it arrives (and, in a chain, the module
+    folds it in); on a recurrent core, onto the exact future gradient discounted by `discount`."""
+
+    every: int = 1
+    discount: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.every < 1:
+            raise ConfigError(f"a true-gradient target needs every >= 1 (0 would never train M), got {self.every}")
+
+    def keeps(self, step: int) -> bool:
+        return step % self.every == 0
+
+    @property
+    def carries_input_gradient(self) -> bool:
+        """Only a kept batch's true gradient goes down; other backward passes stop at the module's weights."""
+        return False
+
+
+@dataclass(frozen=True)
+class LambdaReturn:
+    """TD(μ) synthesizer traces over a recurrent sequence ([Note: synthesizer traces] in recurrent/bptt.py)."""
+
+    discount: float = 1.0
+    decay: float = 1.0  # μ in [0, 1]; 0 is the plain bootstrap with one step of M per sequence
+
+    def keeps(self, step: int) -> bool:
+        return False
+
+    @property
+    def carries_input_gradient(self) -> bool:
+        return True
+
+
+TargetRule = Bootstrap | TrueGradient | LambdaReturn
+
+
+class Interface(nn.Module):
+    """One cut: a gradient synthesizer, its optimizer, its context and its target rule.
+
+    Args:
+        synthesizer: maps (h (B, ...), context (B, C) or None) -> ĝ of h's shape, in per-example units
+            ([Note: SG units]); None predicts exactly zero and trains nothing.
+        optimizer: factory for the synthesizer's optimizer.
+        rule: the target rule (default `Bootstrap()`).
+    """
+
+    def __init__(
+        self,
+        synthesizer: nn.Module | None,
+        optimizer: OptimizerFactory | None = None,
+        *,
+        rule: TargetRule = Bootstrap(),
+    ) -> None:
+        super().__init__()
+        self.synthesizer = synthesizer
+        params = synthesizer.parameters() if synthesizer is not None else ()
+        self.optimizer = optimizer_or_none(params, optimizer) if optimizer is not None else None
+        self.rule = rule
+        self.updates = 0  # optimizer steps of M so far: a prediction made before the last one is stale
+
+    @property
+    def zero(self) -> bool:
+        """Whether this interface predicts exactly zero (no synthesizer)."""
+        return self.synthesizer is None
+
+    def predict(self, h: Tensor, context: Tensor | None = None) -> Tensor:
+        """ĝ = M(h, c) with graph to M's parameters (detach `h` first: M must not reach the module)."""
+        if self.synthesizer is None:
+            return torch.zeros_like(h)
+        return self.synthesizer(h, context)
+
+    def regress(
+        self, prediction: Tensor, target: Tensor, update: bool = True, *, cosine: bool = False
+    ) -> tuple[float, float]:
+        """Regress `prediction` (made by `predict`) onto `target` and step M if `update`; returns (synthesizer
+        loss, cosine between them, NaN unless `cosine`, which costs ~5% of a step)."""
+        loss = synthesizer_loss(prediction, target)
+        if prediction.requires_grad:  # a parameter-free synthesizer (an oracle, zero) has nothing to train
+            loss.backward()  # reaches M only: it read a detached activation ([Note: SG loss scale])
+            step_and_clear(self.optimizer, update)
+            self.updates += int(update)
+        cos = batch_cosine(prediction.detach(), target).item() if cosine else float("nan")
+        return loss.item(), cos
+
+    def training_state(self) -> dict:
+        return {
+            "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
+            "updates": self.updates,
+        }
+
+    def load_training_state(self, state: dict) -> None:
+        if self.optimizer is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+        self.updates = int(state["updates"])
+
+
+class InputInterface(nn.Module):
+    """Complete unlock (PAPER.md §1): a synthesizer I that predicts a module's input from the network input x,
+    trained by L2 onto the real input when it arrives."""
+
+    def __init__(self, synthesizer: nn.Module, optimizer: OptimizerFactory) -> None:
+        super().__init__()
+        self.synthesizer = synthesizer
+        self.optimizer = optimizer_or_none(synthesizer.parameters(), optimizer)
+
+    def predict(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        """I(x, c) (B, *input shape of the module), without graph: the module trains on it as on data."""
+        with torch.no_grad():
+            return self.synthesizer(x, context)
+
+    def regress(self, x: Tensor, real: Tensor, context: Tensor | None, update: bool = True) -> tuple[Tensor, float]:
+        """Regress I(x, c) onto the `real` input and step I if `update`; returns (I(x, c) detached, loss)."""
+        prediction = self.synthesizer(x, context)
+        loss = synthesizer_loss(prediction, real)
+        loss.backward()
+        step_and_clear(self.optimizer, update)
+        return prediction.detach(), loss.item()
+
+    def training_state(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict() if self.optimizer is not None else None}
+
+    def load_training_state(self, state: dict) -> None:
+        if self.optimizer is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
