@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from synthgrad.checkpoint import load_checkpoint
 from synthgrad.data import write_idx
 
 
@@ -36,3 +38,9 @@ def run_cli(capfd: pytest.CaptureFixture[str], *argv: str | os.PathLike[str]) ->
         code = e.code
     out, err = capfd.readouterr()
     return code, out, err
+
+
+def checkpoint_of(out: Path, rank: int = 0) -> tuple[dict, dict]:
+    """(the manifest, rank `rank`'s saved state) of the last checkpoint in the run folder `out`."""
+    manifest = json.loads((Path(out) / "checkpoint.json").read_text())
+    return manifest, load_checkpoint(Path(out) / manifest["files"][rank])["state"]

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import run_cli, write_fake_mnist
+from helpers import checkpoint_of, run_cli, write_fake_mnist
 from synthgrad.checkpoint import load_checkpoint
 from synthgrad.config import named_configs
 
@@ -147,10 +147,10 @@ def test_out_dir_holding_a_run_needs_resume(capfd, tmp_path, fake_data):
     out = tmp_path / "run"
     code, _, err = run_cli(capfd, "train", *TINY, "--data-dir", fake_data, "--out", out)
     assert code == 0, err
-    before = (out / "checkpoint.pt").read_bytes()
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
     code, _, err = run_cli(capfd, "train", *TINY, "--data-dir", fake_data, "--out", out)
     assert_one_line_error(code, err, str(out), "--resume")
-    assert (out / "checkpoint.pt").read_bytes() == before, "the existing run is left alone"
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before, "the existing run is left alone"
 
 
 def test_resume_with_another_method_is_refused(capfd, tmp_path, fake_data):
@@ -161,7 +161,7 @@ def test_resume_with_another_method_is_refused(capfd, tmp_path, fake_data):
         capfd, "train", *TINY, "--data-dir", fake_data, "--out", out, "--method", "cdni", "--resume", "--epochs", "2"
     )
     assert_one_line_error(code, err, "--resume", "method", "'dni'", "'cdni'")
-    assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 1
+    assert checkpoint_of(out)[0]["progress"]["epoch"] == 1
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
@@ -217,9 +217,9 @@ def test_tiny_run_writes_every_output(capfd, tmp_path, fake_data):
 
     config = json.loads((out / "config.json").read_text())
     assert (config["method"], config["epochs"], config["layers"], config["width"]) == ("dni", 2, 3, 32)
-    ckpt = load_checkpoint(out / "checkpoint.pt")
-    assert ckpt["epoch"] == 2 and ckpt["config"] == config
-    assert ckpt["training"]["steps"] == summary["steps"] == 2 * (600 // 64)
+    manifest, state = checkpoint_of(out)
+    assert manifest["progress"]["epoch"] == 2 and manifest["config"] == config
+    assert [s["steps"] for s in state["job"]["stages"]] == [summary["steps"]] * 3 == [2 * (600 // 64)] * 3
 
 
 def test_configs_lists_the_shipped_names(capfd):

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import synthgrad.decoupled as decoupled_mod
+import synthgrad.interface as interface_mod
 from synthgrad.core import one_hot_context, to_module_grad
 from synthgrad.decoupled import DecoupledSequential, decouple
 from synthgrad.models import cnn, fcn
@@ -53,18 +53,18 @@ def test_module_updates_before_the_module_above_runs() -> None:
     """Update unlocking: f_i has already stepped when f_{i+1} starts its forward pass (same step)."""
     net = small_net()
     x, y = batch()
-    before = [params(s) for s in net.stages]
+    before = [params(s) for s in net.blocks]
     seen = []
 
     def check(i):
         def hook(module, inputs):
-            now = params(net.stages[i - 1])
+            now = params(net.blocks[i - 1])
             lower_changed = any(not torch.equal(a, b) for a, b in zip(before[i - 1], now, strict=True))
             seen.append((i, lower_changed))
 
         return hook
 
-    handles = [net.stages[i].register_forward_pre_hook(check(i)) for i in range(1, len(net.stages))]
+    handles = [net.blocks[i].register_forward_pre_hook(check(i)) for i in range(1, len(net.blocks))]
     net.train_step(x, y)
     for h in handles:
         h.remove()
@@ -75,13 +75,13 @@ def test_module_update_is_exactly_the_synthetic_gradient_no_leak() -> None:
     """With SGD(lr=1), module 0 moves by −(∂h/∂θ)ᵀ ĝ / B and nothing else: the SG loss does not leak in."""
     net = small_net(optimizer=lambda ps: torch.optim.SGD(ps, lr=1.0))
     x, y = batch()
-    stage0, synth0 = copy.deepcopy(net.stages[0]), copy.deepcopy(net.synthesizers[0])
+    stage0, synth0 = copy.deepcopy(net.blocks[0]), copy.deepcopy(net.synthesizers[0])
     h = stage0(x)
     g = synth0(h.detach())
     grads = torch.autograd.grad(h, list(stage0.parameters()), to_module_grad(g))
     expected = [p.detach() - gr for p, gr in zip(stage0.parameters(), grads, strict=True)]
     net.train_step(x, y)
-    for got, want in zip(net.stages[0].parameters(), expected, strict=True):
+    for got, want in zip(net.blocks[0].parameters(), expected, strict=True):
         assert torch.allclose(got, want, atol=1e-12)
     assert not torch.equal(params(net.synthesizers[0])[0], params(synth0)[0])  # the synthesizer did learn
 
@@ -90,15 +90,15 @@ def test_synthesizer_regresses_onto_bootstrapped_target(monkeypatch) -> None:
     """M_0's target is (∂f_1/∂h_0)ᵀ ĝ_1 with f_1 and M_1 as they were before this step; the top one sees ∂L."""
     net = small_net()
     x, y = batch()
-    stages, synths = copy.deepcopy(net.stages), copy.deepcopy(net.synthesizers)
+    stages, synths = copy.deepcopy(net.blocks), copy.deepcopy(net.synthesizers)
     recorded = []
-    real_loss = decoupled_mod.synthesizer_loss
+    real_loss = interface_mod.synthesizer_loss
 
     def spy(pred, target):
         recorded.append(target.detach().clone())
         return real_loss(pred, target)
 
-    monkeypatch.setattr(decoupled_mod, "synthesizer_loss", spy)
+    monkeypatch.setattr(interface_mod, "synthesizer_loss", spy)
     net.train_step(x, y)
     h0 = stages[0](x)
     h1 = stages[1](h0.detach().requires_grad_(True))
@@ -118,17 +118,18 @@ def test_synthesizer_regresses_onto_bootstrapped_target(monkeypatch) -> None:
 def test_update_prob_one_always_updates() -> None:
     net = small_net(update_prob=1.0)
     for step in range(5):
-        before = [params(s) for s in net.stages]
+        before = [params(s) for s in net.blocks]
         stats = net.train_step(*batch(step))
         assert stats.updated == [True] * 4
-        for s, b in zip(net.stages, before, strict=True):
+        for s, b in zip(net.blocks, before, strict=True):
             assert any(not torch.equal(p, q) for p, q in zip(params(s), b, strict=True))
 
 
 def test_update_prob_one_equals_unset_generator() -> None:
     """p = 1 draws nothing: two nets with different update-draw seeds train identically."""
     a, b = small_net(seed=0), small_net(seed=0)
-    b.generator.manual_seed(12345)
+    for stage in b.stages:
+        stage.generator.manual_seed(12345)
     for step in range(3):
         a.train_step(*batch(step))
         b.train_step(*batch(step))
@@ -139,12 +140,12 @@ def test_update_prob_skips_modules_and_synthesizers() -> None:
     net = small_net(update_prob=0.5)
     flags = []
     for step in range(60):
-        before_stage = [params(s) for s in net.stages]
+        before_stage = [params(s) for s in net.blocks]
         before_synth = [params(s) for s in net.synthesizers]
         stats = net.train_step(*batch(step))
         flags += stats.updated
         for i, updated in enumerate(stats.updated):
-            same = all(torch.equal(p, q) for p, q in zip(params(net.stages[i]), before_stage[i], strict=True))
+            same = all(torch.equal(p, q) for p, q in zip(params(net.blocks[i]), before_stage[i], strict=True))
             assert same != updated
             if i < len(net.synthesizers) and not updated:
                 assert all(torch.equal(p, q) for p, q in zip(params(net.synthesizers[i]), before_synth[i], strict=True))
@@ -168,7 +169,7 @@ def test_complete_unlock_trains_on_synthetic_inputs() -> None:
     isynths = copy.deepcopy(net.input_synthesizers)
     seen = {}
     handles = [
-        net.stages[i].register_forward_pre_hook(lambda m, inp, i=i: seen.setdefault(i, []).append(inp[0].detach()))
+        net.blocks[i].register_forward_pre_hook(lambda m, inp, i=i: seen.setdefault(i, []).append(inp[0].detach()))
         for i in (1, 2)
     ]
     net.train_step(x, y)
@@ -194,12 +195,12 @@ def test_complete_unlock_keeps_batch_norm_statistics_real() -> None:
     """Running statistics come from the real forward pass only (the synthetic one runs with them frozen)."""
     net = small_net(unlock=True)
     x, y = batch()
-    stage0, stage1 = copy.deepcopy(net.stages[0]), copy.deepcopy(net.stages[1])
+    stage0, stage1 = copy.deepcopy(net.blocks[0]), copy.deepcopy(net.blocks[1])
     with torch.no_grad():
         stage1(stage0(x))
     net.train_step(x, y)
-    assert torch.allclose(net.stages[1][1].running_mean, stage1[1].running_mean)
-    assert torch.allclose(net.stages[1][1].running_var, stage1[1].running_var)
+    assert torch.allclose(net.blocks[1][1].running_mean, stage1[1].running_mean)
+    assert torch.allclose(net.blocks[1][1].running_var, stage1[1].running_var)
 
 
 def test_true_gradients_touch_nothing() -> None:

@@ -49,10 +49,10 @@ def test_zero_synthesizer_with_folding_is_delayed_backprop(every: int) -> None:
     sgd = lambda ps: torch.optim.SGD(ps, lr=lr)  # noqa: E731
     data = batches(steps)
     net = decouple(copy.deepcopy(model), data[0][0], synthesizer=lambda s: Zero(), optimizer=sgd, fold_every=every)
-    n = len(net.stages)
+    n = len(net.blocks)
 
     # Reference: a snapshot of the whole chain before every step; batch s's gradient uses snapshot s.
-    ref = nn.Sequential(*copy.deepcopy(net.stages))
+    ref = nn.Sequential(*copy.deepcopy(net.blocks))
     snapshots = []
     for t, (x, y) in enumerate(data):
         snapshots.append(copy.deepcopy(ref))
@@ -72,7 +72,7 @@ def test_zero_synthesizer_with_folding_is_delayed_backprop(every: int) -> None:
                     p -= lr * gp
         net.train_step(x, y)
         for i in range(n):
-            for a, b in zip(net.stages[i].parameters(), ref[i].parameters(), strict=True):
+            for a, b in zip(net.blocks[i].parameters(), ref[i].parameters(), strict=True):
                 assert torch.allclose(a, b, atol=1e-12), f"module {i} differs at step {t}"
 
 
@@ -102,14 +102,14 @@ def test_folding_keeps_modules_update_unlocked() -> None:
     def check(i):
         def hook(module, inputs):
             seen.append(
-                any(not torch.equal(a, b) for a, b in zip(before[i - 1], net.stages[i - 1].parameters(), strict=True))
+                any(not torch.equal(a, b) for a, b in zip(before[i - 1], net.blocks[i - 1].parameters(), strict=True))
             )
 
         return hook
 
     for _ in range(3):
-        before = [[p.detach().clone() for p in s.parameters()] for s in net.stages]
-        handles = [net.stages[i].register_forward_pre_hook(check(i)) for i in range(1, len(net.stages))]
+        before = [[p.detach().clone() for p in s.parameters()] for s in net.blocks]
+        handles = [net.blocks[i].register_forward_pre_hook(check(i)) for i in range(1, len(net.blocks))]
         net.train_step(x, y)
         for h in handles:
             h.remove()
@@ -131,8 +131,8 @@ def test_a_folded_batch_is_freed_once_its_residual_is_applied() -> None:
     """No reference cycle keeps an old graph alive (it leaked ~9 MB per step on the 6-layer FCN once)."""
     model, net, x, y = folding_net(layers=4)
     net.train_step(x, y)
-    first = weakref.ref(net._flights[0][0].output)
-    for _ in range(len(net.stages) + 1):
+    first = weakref.ref(net.stages[0].flights[0].output)
+    for _ in range(len(net.blocks) + 1):
         net.train_step(x, y)
     assert first() is None  # freed by reference counting alone, without a garbage-collector pass
 
@@ -147,20 +147,23 @@ def test_what_comes_down_is_the_true_gradient_of_the_folded_batch(every: int) ->
     net = decouple(model, data[0][0], synthesizer=SynthesizerSpec(SynthesizerKind.LINEAR, ()), fold_every=every)
     net.double()
     received: dict[int, list[torch.Tensor]] = {j: [] for j in range(len(net.synthesizers))}
-    receive = net.receive_true_gradient
 
-    def record(j, true, *args):
-        if true is not None:
-            received[j].append(true.detach().clone())
-        return receive(j, true, *args)
+    def recording(j, receive):
+        def record(message, **kwargs):
+            if message is not None:
+                received[j].append(message.detach().clone())
+            return receive(message, **kwargs)
 
-    net.receive_true_gradient = record
+        return record
+
+    for j, stage in enumerate(net.stages[:-1]):
+        stage.receive = recording(j, stage.receive)
     expected = []
     for t, (x, y) in enumerate(data):
         if t % every == 0:
             expected.append(net.true_gradients(x, y))  # the weights batch t sees, batch-norm statistics untouched
         net.train_step(x, y)
-    n = len(net.stages)
+    n = len(net.blocks)
     for j, got in received.items():
         assert len(got) == len(expected) - max(0, (n - 2 - j) // every), f"cut {j} received {len(got)}"
         for s, g in enumerate(got):

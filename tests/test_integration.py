@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import run_cli, write_fake_mnist
+from helpers import checkpoint_of, run_cli, write_fake_mnist
 from synthgrad.checkpoint import load_checkpoint
 from synthgrad.decoupled import DecoupledSequential
 
@@ -70,8 +70,8 @@ def test_divergence_in_a_real_process_exits_3_in_one_line(tmp_path):
     lines = proc.stderr.splitlines()
     assert len(lines) == 1, proc.stderr  # diverged inside epoch 1: no epoch log line before it
     assert lines[0].startswith("synthgrad: error: training diverged") and "epoch 1" in lines[0], lines[0]
-    assert not (out / "checkpoint.pt").exists()
-    assert "checkpoint.pt" not in lines[0], "must not point at a checkpoint that was never written"
+    assert not (out / "checkpoint.json").exists()
+    assert "checkpoint.json" not in lines[0], "must not point at a checkpoint that was never written"
 
 
 def test_nan_in_epoch_2_exits_3_and_keeps_the_epoch_1_checkpoint(capfd, tmp_path, monkeypatch):
@@ -85,7 +85,7 @@ def test_nan_in_epoch_2_exits_3_and_keeps_the_epoch_1_checkpoint(capfd, tmp_path
     def poisoned_step(self, *a, **kw):
         if self.steps == 12:  # epoch 2, step 4
             with torch.no_grad():
-                next(self.stages[0].parameters()).fill_(float("nan"))
+                next(self.blocks[0].parameters()).fill_(float("nan"))
         return real_step(self, *a, **kw)
 
     monkeypatch.setattr(DecoupledSequential, "train_step", poisoned_step)
@@ -94,12 +94,12 @@ def test_nan_in_epoch_2_exits_3_and_keeps_the_epoch_1_checkpoint(capfd, tmp_path
     assert "Traceback" not in err
     errors = [line for line in err.splitlines() if line.startswith("synthgrad: error:")]
     assert len(errors) == 1 and errors == err.splitlines()[-1:], err
-    assert "diverged" in errors[0] and "epoch 2" in errors[0] and str(out / "checkpoint.pt") in errors[0]
+    assert "diverged" in errors[0] and "epoch 2" in errors[0] and str(out / "checkpoint.json") in errors[0]
     assert not (out / "summary.json").exists()
 
-    ckpt = load_checkpoint(out / "checkpoint.pt")
-    assert ckpt["epoch"] == 1 and ckpt["training"]["steps"] == 9
-    assert all(torch.isfinite(t).all() for t in ckpt["training"]["model"].values())
+    manifest, state = checkpoint_of(out)
+    assert manifest["progress"]["epoch"] == 1 and state["job"]["stages"][0]["steps"] == 9
+    assert all(torch.isfinite(t).all() for s in state["job"]["stages"] for t in s["module"].values())
 
     monkeypatch.setattr(DecoupledSequential, "train_step", real_step)
     code, _, err = run_cli(capfd, *args, "--epochs", "3", "--resume")

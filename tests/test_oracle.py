@@ -55,7 +55,7 @@ def run_equivalence(model: nn.Module, input_shape: tuple[int, ...], steps: int =
     for _ in range(steps):
         x = torch.randn(16, *input_shape, generator=gen, dtype=torch.float64)
         y = torch.randint(0, 3, (16,), generator=gen)
-        for oracle, g in zip(oracles, true_per_example_grads(net.stages, x, y), strict=True):
+        for oracle, g in zip(oracles, true_per_example_grads(net.blocks, x, y), strict=True):
             oracle.value = g
         net.train_step(x, y)
         ref_opt.zero_grad()
@@ -63,7 +63,7 @@ def run_equivalence(model: nn.Module, input_shape: tuple[int, ...], steps: int =
         ref_opt.step()
     ref_state = reference.state_dict()
     dni_state = {}
-    for i, stage in enumerate(net.stages):
+    for i, stage in enumerate(net.blocks):
         dni_state.update({f"{i}.{k}": v for k, v in stage.state_dict().items()})
     assert ref_state.keys() == dni_state.keys()
     return max((ref_state[k].double() - dni_state[k].double()).abs().max().item() for k in ref_state)
@@ -89,9 +89,9 @@ def test_zero_synthesizer_is_not_backprop() -> None:
     model = fcn((1, 6, 6), 3, layers=3, width=8).double()
     x = torch.randn(8, 1, 6, 6, dtype=torch.float64)
     net = decouple(copy.deepcopy(model), x, synthesizer=lambda s: _Zero(), lr=1e-2)
-    before = copy.deepcopy(net.stages[0].state_dict())
+    before = copy.deepcopy(net.blocks[0].state_dict())
     net.train_step(x, torch.randint(0, 3, (8,)))
-    after = net.stages[0].state_dict()
+    after = net.blocks[0].state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before if "running" not in k and "batches" not in k)
 
 

@@ -14,28 +14,27 @@ from synthgrad.synthesizers import SynthesizerKind
 
 
 def test_default_recipe() -> None:
-    dni = TrainConfig(method=Method.DNI)
-    cdni = TrainConfig(method=Method.CDNI)
-    assert (dni.fold_interval(), dni.synthesizer_spec().kind, dni.module_lr(), dni.synthesizer_learning_rate()) == (
-        3, SynthesizerKind.LOWRANK, 2e-4, 1e-4,
-    )  # fmt: skip
-    assert TrainConfig(method=Method.DNI, fold_every=1).module_lr() == 1e-4  # every batch's true gradient
-    assert (cdni.fold_interval(), cdni.synthesizer_spec().kind, cdni.synthesizer_spec().hidden) == (
-        0, SynthesizerKind.LOWRANK, (16,),
-    )  # fmt: skip
-    assert cdni.synthesizer_learning_rate() == 1e-3
-    assert TrainConfig(method=Method.CDNI, width=1024).synthesizer_spec().hidden == (64,)  # rank = width / 16
-    unlocked = TrainConfig(method=Method.DNI, unlock="full")  # folding needs real inputs: the paper's recipe
-    assert unlocked.fold_interval() == 0 and unlocked.synthesizer_spec().kind is SynthesizerKind.MLP
-    assert (unlocked.module_lr(), unlocked.synthesizer_learning_rate()) == (3e-5, 1e-3)
+    dni = TrainConfig(method=Method.DNI).resolve()
+    cdni = TrainConfig(method=Method.CDNI).resolve()
+    assert (dni.fold_every, dni.synthesizer, dni.lr, dni.synthesizer_lr) == (3, SynthesizerKind.LOWRANK, 2e-4, 1e-4)
+    assert TrainConfig(method=Method.DNI, fold_every=1).resolve().lr == 1e-4  # every batch's true gradient
+    assert (cdni.fold_every, cdni.synthesizer, cdni.synthesizer_hidden) == (0, SynthesizerKind.LOWRANK, (16,))
+    assert cdni.synthesizer_lr == 1e-3
+    assert TrainConfig(method=Method.CDNI, width=1024).resolve().synthesizer_hidden == (64,)  # rank = width / 16
+    unlocked = TrainConfig(method=Method.DNI, unlock="full").resolve()  # folding needs real inputs: paper's recipe
+    assert unlocked.fold_every == 0 and unlocked.synthesizer is SynthesizerKind.MLP
+    assert (unlocked.lr, unlocked.synthesizer_lr) == (3e-5, 1e-3)
+    backprop = TrainConfig(method=Method.BACKPROP).resolve()
+    assert (backprop.fold_every, backprop.lr, backprop.synthesizer) == (0, 1e-4, None)
+    assert dni.resolve() == dni  # resolving twice changes nothing
 
 
 def test_paper_recipe_is_the_papers_synthesizers_without_folding() -> None:
-    dni = dataclasses.replace(TrainConfig(), **paper_recipe(Method.DNI)).validate()
-    assert dni.synthesizer_spec().kind is SynthesizerKind.MLP and dni.synthesizer_spec().hidden == (1024, 1024)
-    assert dni.fold_interval() == 0 and dni.module_lr() == 3e-5
-    cdni = dataclasses.replace(TrainConfig(), **paper_recipe(Method.CDNI)).validate()
-    assert cdni.synthesizer_spec().kind is SynthesizerKind.LINEAR and cdni.fold_interval() == 0
+    dni = dataclasses.replace(TrainConfig(), **paper_recipe(Method.DNI)).validate().resolve()
+    assert dni.synthesizer is SynthesizerKind.MLP and dni.synthesizer_hidden == (1024, 1024)
+    assert dni.fold_every == 0 and dni.lr == 3e-5
+    cdni = dataclasses.replace(TrainConfig(), **paper_recipe(Method.CDNI)).validate().resolve()
+    assert cdni.synthesizer is SynthesizerKind.LINEAR and cdni.fold_every == 0
 
 
 def test_folding_is_refused_where_it_cannot_work() -> None:

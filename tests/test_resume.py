@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import synthgrad.checkpoint
-from helpers import run_cli, write_fake_mnist
+from helpers import checkpoint_of, run_cli, write_fake_mnist
 from synthgrad.checkpoint import load_checkpoint, save_checkpoint
 from synthgrad.errors import SynthgradError
 
@@ -25,13 +25,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_resume_after_sigkill_matches_an_uninterrupted_run(capfd, tmp_path):
-    # DNI with p-updates and diagnostics: the resumed run must restore the weights, every optimizer, the
-    # update-draw generator, the step count (diagnostics schedule) and the history. ~0.9 s per epoch on one
-    # thread, so there is time to kill the process between its first checkpoint and its last epoch.
+    # DNI with folding, p-updates and diagnostics: the resumed run must restore the weights, every optimizer, the
+    # update-draw generators, the step counts (diagnostics schedule), the folded batches in flight (their graphs
+    # rebuilt from the stashed weights) and the history. ~0.9 s per epoch on one thread, so there is time to kill
+    # the process between its first checkpoint and its last epoch.
     data = write_fake_mnist(tmp_path / "data", n_train=2048, n_test=200)
-    # Without folding: a checkpoint does not hold folding's batches in flight ([Note: folding in true gradients]),
-    # so a resumed folding run continues correctly but drops those few residuals and is not bit-identical.
-    common = ["--data-dir", data, "--layers", "3", "--method", "dni", "--update-prob", "0.7", "--fold-every", "0"]
+    common = ["--data-dir", data, "--layers", "3", "--method", "dni", "--update-prob", "0.7", "--fold-every", "3"]
     common += ["--diagnose-every", "7", "--batch-size", "64", "--epochs", "3", "--threads", "1", "--no-progress"]
     common = [str(a) for a in common]
 
@@ -44,7 +43,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(capfd, tmp_path):
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 120
-        while not (out_b / "checkpoint.pt").exists():  # the first checkpoint is written after epoch 1
+        while not (out_b / "checkpoint.json").exists():  # the first checkpoint is written after epoch 1
             assert proc.poll() is None, f"run B ended before its first checkpoint:\n{proc.stderr.read().decode()}"
             assert time.monotonic() < deadline, "run B wrote no checkpoint in 120 s"
             time.sleep(0.01)
@@ -56,7 +55,9 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(capfd, tmp_path):
             proc.kill()
             proc.wait()
         proc.stderr.close()
-    killed_at = load_checkpoint(out_b / "checkpoint.pt")["epoch"]
+    manifest, state = checkpoint_of(out_b)
+    killed_at = manifest["progress"]["epoch"]
+    assert any(s["flights"] for s in state["job"]["stages"]), "no folded batch in flight at the kill: tests less"
     assert killed_at in (1, 2), f"killed after epoch {killed_at}: nothing left to resume"
     assert not (out_b / "summary.json").exists()
 
@@ -70,18 +71,19 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(capfd, tmp_path):
 
     rows_a = [json.loads(r) for r in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     rows_b = [json.loads(r) for r in (out_b / "metrics.jsonl").read_text().splitlines()]
-    timing = ("epoch_time_s", "wall_time_s")
+    timing = ("train_time_s", "wall_time_s")
     assert [{k: v for k, v in r.items() if k not in timing} for r in rows_b] == [
         {k: v for k, v in r.items() if k not in timing} for r in rows_a
     ]
 
-    state_a = load_checkpoint(tmp_path / "a" / "checkpoint.pt")["training"]
-    state_b = load_checkpoint(out_b / "checkpoint.pt")["training"]
-    assert state_b["steps"] == state_a["steps"]
-    assert torch.equal(state_b["generator"], state_a["generator"])
-    assert state_b["model"].keys() == state_a["model"].keys()
-    for name, tensor in state_a["model"].items():
-        assert torch.equal(state_b["model"][name], tensor), name
+    stages_a = checkpoint_of(tmp_path / "a")[1]["job"]["stages"]
+    stages_b = checkpoint_of(out_b)[1]["job"]["stages"]
+    for a, b in zip(stages_a, stages_b, strict=True):
+        assert b["steps"] == a["steps"]
+        assert torch.equal(b["generator"], a["generator"])
+        assert b["module"].keys() == a["module"].keys()
+        for name, tensor in a["module"].items():
+            assert torch.equal(b["module"][name], tensor), name
 
 
 # -- corrupt checkpoints -------------------------------------------------------------------------------------
@@ -93,7 +95,8 @@ def test_truncated_checkpoint_refuses_resume_in_one_line(capfd, tmp_path):
     args += ["--batch-size", "64", "--threads", "1", "--no-progress", "--epochs", "1"]
     code, _, err = run_cli(capfd, *args)
     assert code == 0, err
-    ckpt = tmp_path / "run" / "checkpoint.pt"
+    manifest, _ = checkpoint_of(tmp_path / "run")
+    ckpt = tmp_path / "run" / manifest["files"][0]
     blob = ckpt.read_bytes()
     ckpt.write_bytes(blob[: len(blob) // 2])
 
@@ -153,14 +156,17 @@ def test_load_checkpoint_refuses_arbitrary_objects(tmp_path):
 def test_resume_from_a_malicious_checkpoint_is_one_line_exit_2(capfd, tmp_path):
     marker = tmp_path / "executed"
     out = tmp_path / "run"
-    out.mkdir()
-    torch.save({"config": {}, "epoch": 1, "payload": _Payload(marker)}, out / "checkpoint.pt")
     data = write_fake_mnist(tmp_path / "data", n_train=256, n_test=50)
-    code, _, err = run_cli(capfd, "train", "--data-dir", data, "--out", out, "--resume", "--threads", "1")
+    args = ["train", "--data-dir", data, "--out", out, "--threads", "1", "--epochs", "1", "--layers", "2"]
+    assert run_cli(capfd, *args)[0] == 0
+    manifest, _ = checkpoint_of(out)
+    hostile = out / manifest["files"][0]
+    torch.save({"format": 2, "state": {"payload": _Payload(marker)}}, hostile)
+    code, _, err = run_cli(capfd, *args[:-3], "2", "--layers", "2", "--resume")
     assert code == 2, err
     lines = err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("synthgrad: error: "), err
-    assert str(out / "checkpoint.pt") in lines[0] and "\x1b" not in lines[0]
+    assert str(hostile) in lines[0] and "\x1b" not in lines[0] and "weights_only=False" not in lines[0]
     assert not marker.exists()
 
 

@@ -163,10 +163,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_train_recurrent(args: argparse.Namespace) -> int:
-    from synthgrad.recurrent.train import RecurrentConfig, train_recurrent
+    from synthgrad.recurrent.runner import train_recurrent
+    from synthgrad.recurrent.task_config import RecurrentConfig, load_experiment
 
-    not_config = {"command", "func", "argv", "resume", "no_progress"}
-    cfg = RecurrentConfig.from_dict({k: v for k, v in vars(args).items() if v is not None and k not in not_config})
+    not_config = {"command", "func", "argv", "resume", "no_progress", "config"}
+    values = load_experiment(args.config) if args.config else {}  # an experiment file, then the options given
+    values |= {k: v for k, v in vars(args).items() if v is not None and k not in not_config}
+    cfg = RecurrentConfig.from_dict(values)
     s = train_recurrent(cfg, resume=args.resume, progress=False if args.no_progress else None)
     if "final_repeats" in s:  # Repeat Copy's two-axis curriculum
         result = f"max N·L {s['max_length']} (now at L={s['final_length']}, N={s['final_repeats']})"
@@ -232,7 +235,7 @@ def _cmd_configs(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from synthgrad.experiments import demo
+    from synthgrad.experiments.demo import demo
 
     demo(
         data_dir=args.data_dir,
@@ -257,10 +260,10 @@ def _groups(text: str | None, known: Sequence[str]) -> list[str] | None:
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
-    from synthgrad.experiments import FEEDFORWARD_GROUPS, reproduce_feedforward
+    from synthgrad.experiments.feedforward_suite import FEEDFORWARD_GROUPS, reproduce_feedforward
 
     if args.suite == "recurrent":
-        from synthgrad.recurrent.experiments import RECURRENT_GROUPS, reproduce_recurrent
+        from synthgrad.experiments.recurrent_suite import RECURRENT_GROUPS, reproduce_recurrent
 
         reproduce_recurrent(
             data_dir=args.data_dir,
@@ -338,7 +341,25 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_arguments(p)
     g = p.add_argument_group("parallel")
     g.add_argument("--stages", type=_positive_int, default=2, help="K processes, one block of layers each")
-    g.add_argument("--schedule", choices=["decoupled", "model-parallel", "gpipe", "1f1b", "ddp", "single"])
+    g.add_argument(
+        "--schedule",
+        choices=[
+            "decoupled",
+            "model-parallel",
+            "gpipe",
+            "1f1b",
+            "interleaved-1f1b",
+            "looped-bfs",
+            "zero-bubble",
+            "zbv",
+            "dualpipev",
+            "ddp",
+            "single",
+        ],  # fmt: skip
+        help="decoupled (DNI/cDNI); with --method backprop: model-parallel, ddp, single, or a torch pipeline "
+        "schedule (gpipe, 1f1b: one stage per rank; interleaved-1f1b, looped-bfs, zero-bubble: 2 virtual stages "
+        "per rank in a loop; zbv, dualpipev: 2 per rank in a V)",
+    )
     g.add_argument(
         "--max-staleness", type=int, default=2, help="synthesizer targets at most S steps late (0: lockstep)"
     )

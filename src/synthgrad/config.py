@@ -154,8 +154,17 @@ class ScheduleKind(enum.Enum):
     MODEL_PARALLEL = "model-parallel"  # synchronous model-parallel backprop (the locked baseline)
     GPIPE = "gpipe"  # torch.distributed.pipelining, GPipe schedule
     ONE_F_ONE_B = "1f1b"  # torch.distributed.pipelining, 1F1B schedule
+    INTERLEAVED_1F1B = "interleaved-1f1b"  # torch, interleaved 1F1B (2 virtual stages per rank, loop placement)
+    LOOPED_BFS = "looped-bfs"  # torch, breadth-first looped (2 virtual stages per rank, loop placement)
+    ZERO_BUBBLE = "zero-bubble"  # torch, interleaved zero bubble ZB1P (2 virtual stages per rank, loop placement)
+    ZBV = "zbv"  # torch, ZB-V zero bubble (2 virtual stages per rank, V placement)
+    DUALPIPEV = "dualpipev"  # torch, DualPipeV (2 virtual stages per rank, V placement)
     DDP = "ddp"  # DistributedDataParallel, a data-parallel reference
     SINGLE = "single"  # single-process backprop (world size 1)
+
+
+#: The schedules of torch.distributed.pipelining (synthgrad/parallel/torch_pipelines.py).
+TORCH_PIPELINES = frozenset({"gpipe", "1f1b", "interleaved-1f1b", "looped-bfs", "zero-bubble", "zbv", "dualpipev"})
 
 
 @dataclass(frozen=True)
@@ -194,6 +203,14 @@ class ParallelConfig:
             raise ConfigError(f"--timeout must be a number of seconds > 0, got {self.timeout_s}")
         if self.microbatches is not None and self.microbatches < 1:
             raise ConfigError(f"--microbatches must be >= 1, got {self.microbatches}")
+        if self.schedule.value in TORCH_PIPELINES:  # their constraints live with them, checked before any process
+            from synthgrad.parallel.torch_pipelines import check_schedule
+
+            try:  # every hidden layer of synthgrad's models has batch norm
+                check_schedule(self.schedule.value, self.stages, t.layers, t.batch_size, self.microbatches,
+                               batchnorm=t.layers > 1)  # fmt: skip
+            except ValueError as e:
+                raise ConfigError(f"--schedule {self.schedule.value}: {e}") from None
         if self.master_port is not None and not 0 < self.master_port < 65536:
             raise ConfigError(f"--master-port must be in 1..65535, got {self.master_port}")
         if t.model != "fcn":

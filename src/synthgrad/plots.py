@@ -70,3 +70,45 @@ def compare_runs(runs: Mapping[str, Sequence[Mapping]], path: str | Path, title:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def curves(
+    history: Sequence[Mapping],
+    path: str | Path,
+    *,
+    x: str,
+    ys: Sequence[tuple[str, str]],
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    step: bool = False,
+) -> None:
+    """One PNG: each (key, label) of `ys` against `x` over the rows that have a value for it (the recurrent
+    runs' learning curves; `step`: a staircase, for a curriculum's level)."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, label in ys:
+        rows = [r for r in history if r.get(key) is not None]
+        xs, vs = [r[x] for r in rows], [r[key] for r in rows]
+        if step:
+            ax.step(xs, vs, where="post", label=label)
+        else:
+            ax.plot(xs, vs, marker="." if len(rows) < 50 else None, label=label)
+    if len(ys) > 1:
+        ax.legend(fontsize=8)
+    _finish(fig, ax, path, xlabel=xlabel, ylabel=ylabel, title=title)
+
+
+def bars(values: Sequence[float], path: str | Path, *, xlabel: str, ylabel: str, title: str) -> None:
+    """One PNG: a bar per value, numbered from 1 (e.g. bits wrong per output position)."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.bar(range(1, len(values) + 1), values)
+    _finish(fig, ax, path, xlabel=xlabel, ylabel=ylabel, title=title)
+
+
+def _finish(fig, ax, path: str | Path, *, xlabel: str, ylabel: str, title: str) -> None:
+    """Label, grid and write a one-axis figure, then close it."""
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -24,7 +24,7 @@ from synthgrad.data import ImageDataset
 from synthgrad.optim import adam
 from synthgrad.parallel.runtime import Runtime
 from synthgrad.training.chain_job import first_nonfinite, state_tensors
-from synthgrad.training.evaluate import evaluate_across
+from synthgrad.training.evaluate import CLASSIFIER_METRICS, evaluate_across
 
 
 def stage_module(full: nn.Sequential, layers: range) -> nn.Sequential:
@@ -54,7 +54,10 @@ class ExactJob:
         self.x, self.y = data.train_images, data.train_labels
         self.note = ""
 
-    def evaluate(self) -> tuple[float, float]:
+    def evaluate_keys(self) -> tuple[str, ...]:
+        return CLASSIFIER_METRICS
+
+    def evaluate(self) -> dict[str, float]:
         part = self.local if self.local is not self.full else None
         return evaluate_across(self.comm, self.full, part, "", self.data.test_images, self.data.test_labels)
 

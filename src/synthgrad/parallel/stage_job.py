@@ -20,7 +20,7 @@ from synthgrad.parallel.transport import RuntimeTransport
 from synthgrad.pipeline import Channel, StageRunner
 from synthgrad.schedule import DecoupledSchedule
 from synthgrad.training.chain_job import first_nonfinite, state_tensors
-from synthgrad.training.evaluate import evaluate_across
+from synthgrad.training.evaluate import CLASSIFIER_METRICS, evaluate_across
 
 
 class StageJob:
@@ -68,7 +68,10 @@ class StageJob:
         losses = self.runner.stats.losses
         return losses.pop() if losses else None
 
-    def evaluate(self) -> tuple[float, float]:
+    def evaluate_keys(self) -> tuple[str, ...]:
+        return CLASSIFIER_METRICS
+
+    def evaluate(self) -> dict[str, float]:
         test = self.data.test_images, self.data.test_labels
         return evaluate_across(self.comm, self.net, self.stage.block, f"stages.{self.k}.block.", *test)
 

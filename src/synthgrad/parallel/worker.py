@@ -72,7 +72,7 @@ def _train(pcfg: ParallelConfig, rt: Runtime, run: RunFolder, data: ImageDataset
     cfg = pcfg.train
     examples = min(cfg.train_limit or len(data.train_labels), len(data.train_labels))
     plan = Plan(cfg.epochs, cfg.batch_size, cfg.seed, examples, eval_every=pcfg.eval_every,
-                target_error=pcfg.target_error, progress=bar, desc=f"{pcfg.schedule.value} stage {rt.rank}")  # fmt: skip
+                target=pcfg.target_error, progress=bar, desc=f"{pcfg.schedule.value} stage {rt.rank}")  # fmt: skip
     try:
         job = make_job(pcfg, rt, data, examples, plan.epochs * plan.steps_per_epoch)
     except ValueError as e:  # a shape the schedule cannot split (batch, micro-batches, stages)
@@ -101,7 +101,7 @@ def make_job(pcfg: ParallelConfig, rt: Runtime, data: ImageDataset, examples: in
         return ModelParallelJob(rt, full, blocks[rt.rank], data, cfg.lr)
     if kind is ScheduleKind.DDP:
         return DDPJob(rt, full, data, cfg.lr, cfg.batch_size)
-    return TorchPipelineJob(rt, full, blocks[rt.rank], data, cfg.lr, name=kind.value, batch_size=cfg.batch_size,
+    return TorchPipelineJob(rt, full, data, cfg.lr, name=kind.value, batch_size=cfg.batch_size,
                             microbatches=pcfg.microbatches)  # fmt: skip
 
 

@@ -10,7 +10,7 @@ from synthgrad.core import one_hot_context
 from synthgrad.data import ImageDataset
 from synthgrad.decoupled import DecoupledSequential
 from synthgrad.stage import nan_mean
-from synthgrad.training.evaluate import evaluate
+from synthgrad.training.evaluate import CLASSIFIER_METRICS, evaluate
 from synthgrad.training.run_folder import Solo
 
 
@@ -68,7 +68,10 @@ class ChainJob:
             self._diagnostics.append(row)
         return stats.loss
 
-    def evaluate(self) -> tuple[float, float]:
+    def evaluate_keys(self) -> tuple[str, ...]:
+        return CLASSIFIER_METRICS
+
+    def evaluate(self) -> dict[str, float]:
         return evaluate(self.net, self.data.test_images, self.data.test_labels)
 
     def interval_metrics(self) -> dict[str, Any]:

@@ -12,9 +12,13 @@ if TYPE_CHECKING:
     from synthgrad.training.run_folder import Collective
 
 
+CLASSIFIER_METRICS = ("test_error", "test_loss")
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch: int = 1000) -> tuple[float, float]:
-    """(error %, mean cross-entropy) of `model` in eval mode on real inputs; restores its mode."""
+def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch: int = 1000) -> dict[str, float]:
+    """{"test_error": %, "test_loss": mean cross-entropy} of `model` in eval mode on real inputs; restores its
+    mode."""
     was = model.training
     model.eval()
     wrong, total_loss = 0, 0.0
@@ -23,12 +27,12 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch
         wrong += (logits.argmax(1) != labels[i : i + batch]).sum().item()
         total_loss += F.cross_entropy(logits, labels[i : i + batch], reduction="sum").item()
     model.train(was)
-    return 100.0 * wrong / len(labels), total_loss / len(labels)
+    return {"test_error": 100.0 * wrong / len(labels), "test_loss": total_loss / len(labels)}
 
 
 def evaluate_across(
     comm: Collective, model: nn.Module, part: nn.Module | None, prefix: str, images: torch.Tensor, labels: torch.Tensor
-) -> tuple[float, float]:
+) -> dict[str, float]:
     """`evaluate` of a model whose parts are trained on different ranks: rank 0 gathers every rank's `part`
     (keyed in `model` under `prefix`; None: rank 0's model is up to date already), evaluates, and every rank
     gets the same result."""
@@ -41,4 +45,4 @@ def evaluate_across(
             assert not unknown, f"parts not in the model: {sorted(unknown)[:3]}"
             model.load_state_dict(merged, strict=False)
     result = evaluate(model, images, labels) if comm.rank == 0 else None
-    return tuple(comm.broadcast_object(result, src=0))
+    return comm.broadcast_object(result, src=0)

@@ -30,7 +30,7 @@ class Plan:
     seed: int  # the batch order's seed
     examples: int  # training examples used (the first `examples` of the training set)
     eval_every: int = 0  # steps between evaluations besides each epoch's end; 0: epoch ends only
-    target_error: float | None = None  # test error % that counts as "target reached"
+    target: float | None = None  # the value of the job's first metric (lower is better) that counts as reached
     progress: bool = False  # a progress bar
     desc: str = ""
 
@@ -54,8 +54,13 @@ class Job(Protocol):
         """Train on the batch of these training-set indices; the task loss if this rank knows it."""
         ...
 
-    def evaluate(self) -> tuple[float, float]:
-        """(test error %, test loss) of the assembled network, the same on every rank."""
+    def evaluate(self) -> dict[str, float]:
+        """Metrics of the assembled network, the same on every rank; the first is the one a target is about
+        (lower is better), e.g. {"test_error": %, "test_loss": nats}."""
+        ...
+
+    def evaluate_keys(self) -> tuple[str, ...]:
+        """The keys `evaluate` returns, in order."""
         ...
 
     def interval_metrics(self) -> dict[str, Any]:
@@ -122,18 +127,21 @@ def fit(job: Job, run: RunFolder, plan: Plan) -> dict[str, Any]:
 
 def _evaluate(job: Job, run: RunFolder, plan: Plan, epoch: float, train_loss: float) -> None:
     p = run.progress
-    error, test_loss = job.evaluate()
-    if p.time_to_target_s is None and plan.target_error is not None and error <= plan.target_error:
+    metrics = job.evaluate()
+    first = next(iter(metrics.values()))
+    if p.time_to_target_s is None and plan.target is not None and first <= plan.target:
         p.time_to_target_s = p.train_time_s
-    row = {"epoch": round(epoch, 6), "train_time_s": p.train_time_s, "train_loss": train_loss,
-           "test_error": error, "test_loss": test_loss, **job.interval_metrics()}  # fmt: skip
+    row = {"epoch": round(epoch, 6), "train_time_s": p.train_time_s, "train_loss": train_loss, **metrics,
+           **job.interval_metrics()}  # fmt: skip
     run.record(row)
     run.diagnose(job.take_diagnostics())
 
 
 def _diverged(run: RunFolder, what: str, epoch: int, step: int) -> str:
     last = run.out / "checkpoint.json"
-    where = f"the last good checkpoint is in {run.out}" if last.exists() else "no checkpoint was written yet"
+    where = (
+        f"the last good checkpoint is {last} (--resume continues)" if last.exists() else "no checkpoint was written yet"
+    )
     return f"training diverged: {what} at epoch {epoch}, step {step}; {where} (try a smaller --lr)"
 
 
@@ -142,20 +150,20 @@ def _summary(job: Job, run: RunFolder, plan: Plan) -> dict[str, Any]:
     p = run.progress
     last = p.history[-1] if p.history else {}
     per_stage = job.comm.all_gather_object(job.report())
+    metrics = list(job.evaluate_keys())
     return {
         "epochs": p.epoch,
         "steps": p.steps,
         "samples": p.samples,
-        "test_error": last.get("test_error"),
-        "test_loss": last.get("test_loss"),
+        **{k: last.get(k) for k in metrics},
         "train_loss": last.get("train_loss"),
-        "best_test_error": min((r["test_error"] for r in p.history), default=None),
+        f"best_{metrics[0]}": min((r[metrics[0]] for r in p.history), default=None),
         "train_time_s": p.train_time_s,
         "wall_time_s": run.elapsed(),
         "time_per_epoch_s": run.elapsed() / max(1, p.epoch),
         "samples_per_s": p.samples / p.train_time_s if p.train_time_s else None,
         "time_to_target_s": p.time_to_target_s,
-        "target_error": plan.target_error,
+        "target": plan.target,
         "eval_every": plan.eval_every,
         "world_size": job.comm.world_size,
         "per_stage": per_stage,
