@@ -67,7 +67,7 @@ def run_job(name: str, args: list[str], stages: int, common: list[str], out: Pat
     sps, ttt = summary.get("samples_per_s"), summary.get("time_to_target_s")
     print(
         f"{name:26s} K={stages}  {sps or 0:8.0f} samples/s  time-to-target {ttt if ttt is None else round(ttt, 1)}"
-        f"  final error {summary.get('final_test_error', float('nan')):.2f}%",
+        f"  final error {summary.get('test_error', float('nan')):.2f}%",
         flush=True,
     )
     return summary

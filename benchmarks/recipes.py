@@ -25,7 +25,7 @@ import torch
 
 from synthgrad.config import Method, TrainConfig, paper_recipe
 from synthgrad.synthesizers import SynthesizerKind
-from synthgrad.train import train
+from synthgrad.training import train
 
 LINEAR, LOWRANK = SynthesizerKind.LINEAR, SynthesizerKind.LOWRANK
 

@@ -22,7 +22,7 @@ import torch
 
 from synthgrad.config import Method, TrainConfig, paper_recipe
 from synthgrad.core import one_hot_context
-from synthgrad.train import build_network
+from synthgrad.training import build_network
 
 MODELS = {
     "mnist_fcn4": TrainConfig(model="fcn", layers=4),
@@ -58,7 +58,7 @@ def bench_model(name: str, base: TrainConfig, rounds: int, steps: int, batch: in
     for variant, overrides in VARIANTS.items():
         if base.model == "cnn" and variant in FCN_ONLY:
             continue
-        cfg = dataclasses.replace(base, **overrides)
+        cfg = dataclasses.replace(base, **overrides).resolve()
         net = build_network(cfg, (1, 28, 28), 10)
         ctx = one_hot_context(y, 10) if cfg.method is Method.CDNI else None
         time_steps(net, x, y, ctx, 3)  # warm-up: allocator, first-touch, Adam state
