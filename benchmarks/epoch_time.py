@@ -3,11 +3,11 @@
     python benchmarks/epoch_time.py --data-dir ../shared/data --json benchmarks/results/epoch_time.json \
         [--layers 3,4,5,6] [--rounds 3] [--work runs/bench/epoch_time]
 
-An epoch here is every training step of an MNIST epoch (`synthgrad train`, batch 256; the test-set evaluation is
-not counted: it costs every method the same), with each method's default recipe from `TrainConfig`. The methods take turns
-epoch by epoch (backprop, DNI, cDNI, backprop, ...), each turn resuming its own run for one more epoch, so that
-the drifts of a noisy machine hit every method alike; the figure is the median over rounds of the time per epoch
-the trainer measured, and its ratio to backprop's median. One thread.
+An epoch here is every training step of an MNIST epoch (`synthgrad train`, batch 256; the test-set evaluation
+is not counted: it costs every method the same), with each method's default recipe from `TrainConfig`. The
+methods take turns epoch by epoch (backprop, DNI, cDNI, backprop, ...), each turn resuming its own run for one
+more epoch, so that the drifts of a noisy machine hit every method alike; the figure is the median over rounds of
+the training time per epoch the trainer measured, and its ratio to backprop's median. One thread.
 """
 
 from __future__ import annotations
