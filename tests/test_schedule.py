@@ -191,3 +191,41 @@ def test_a_stage_refuses_a_message_the_schedule_did_not_plan() -> None:
     with pytest.raises(RuntimeError, match="fold timing"):
         for x, y in batches(6):
             run.tick(x, y, one_hot_context(y, 3))
+
+
+# -- the stale-gradient pipeline --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("layers", "staleness"), [(2, 1), (3, 1), (3, 2)])
+def test_the_stale_pipeline_is_backprop_delayed_by_the_schedule(layers: int, staleness: int) -> None:
+    """No synthesizer, every batch folded (`build_stale_network`): module i's update at step t is exactly the true
+    gradient of batch t − (N−1−i)(S+1), taken through the weights every module had when that batch went forward."""
+    torch.manual_seed(0)
+    lr, steps = 0.1, 9
+    model = fcn(SHAPE, 3, layers=layers, width=6).double()
+    sgd = lambda ps: torch.optim.SGD(ps, lr=lr)  # noqa: E731
+    data = batches(steps, dtype=torch.float64)
+    net = decouple(copy.deepcopy(model), data[0][0], synthesizer=lambda s: None, optimizer=sgd, fold_every=1)
+    run = executor_of(net, staleness)
+    n = len(net.stages)
+    ref, snapshots = copy.deepcopy(model), []
+    for t, (x, y) in enumerate(data):
+        snapshots.append(copy.deepcopy(ref))
+        grads = []
+        for i in range(n):
+            s = t - (n - 1 - i) * (staleness + 1)
+            if s < 0:
+                grads.append(None)
+                continue
+            chain_s = copy.deepcopy(snapshots[s])
+            xs, ys = data[s]
+            F.cross_entropy(chain_s(xs), ys).backward()
+            grads.append([p.grad for p in chain_s[i].parameters()])
+        with torch.no_grad():
+            for i, g in enumerate(grads):
+                for p, gp in zip(ref[i].parameters(), g or [], strict=False):
+                    p -= lr * gp
+        run.tick(x, y)
+        for i in range(n):
+            for a, b in zip(net.blocks[i].parameters(), ref[i].parameters(), strict=True):
+                assert torch.allclose(a, b, atol=1e-12), f"module {i} differs at step {t}"

@@ -204,6 +204,7 @@ def _cmd_parallel(args: argparse.Namespace) -> int:
         master_addr=args.master_addr,
         master_port=args.master_port,
         timeout_s=args.timeout,
+        pin_cores=args.pin_cores,
     )
     if pcfg.schedule is ScheduleKind.SINGLE:
         pcfg = dataclasses.replace(pcfg, stages=1)
@@ -346,6 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=[
             "decoupled",
             "model-parallel",
+            "stale",
             "gpipe",
             "1f1b",
             "interleaved-1f1b",
@@ -363,12 +365,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--max-staleness", type=int, default=2, help="synthesizer targets at most S steps late (0: lockstep)"
     )
-    g.add_argument("--microbatches", type=int, help="gpipe, 1f1b: micro-batches per batch (default max(4, stages))")
+    g.add_argument(
+        "--microbatches",
+        type=int,
+        help="torch pipeline schedules: micro-batches per batch (default max(4, virtual stages))",
+    )
     g.add_argument("--eval-every", type=int, default=0, help="steps between test evaluations (time to target)")
     g.add_argument("--target-accuracy", type=float, help="test accuracy %% for time-to-target, e.g. 97.5")
     g.add_argument("--master-addr", default="127.0.0.1", help="rendezvous address (default: loopback)")
     g.add_argument("--master-port", type=int, help="rendezvous port (default: a free one)")
     g.add_argument("--timeout", type=float, default=60.0, help="seconds before a silent stage is declared lost")
+    g.add_argument("--pin-cores", action="store_true", help="pin each rank to its own cores (for benchmarks)")
     p.set_defaults(func=_cmd_parallel)
 
     p = sub.add_parser("configs", help="list the shipped experiment configs")
@@ -390,8 +397,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from synthgrad.parallel.runtime import StageLost
     from synthgrad.errors import TrainingDiverged
+    from synthgrad.parallel.runtime import StageLost
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:

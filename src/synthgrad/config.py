@@ -159,6 +159,7 @@ class ScheduleKind(enum.Enum):
     ZERO_BUBBLE = "zero-bubble"  # torch, interleaved zero bubble ZB1P (2 virtual stages per rank, loop placement)
     ZBV = "zbv"  # torch, ZB-V zero bubble (2 virtual stages per rank, V placement)
     DUALPIPEV = "dualpipev"  # torch, DualPipeV (2 virtual stages per rank, V placement)
+    STALE = "stale"  # asynchronous pipeline of exact gradients applied S + 1 steps late, weights stashed (PipeDream)
     DDP = "ddp"  # DistributedDataParallel, a data-parallel reference
     SINGLE = "single"  # single-process backprop (world size 1)
 
@@ -177,12 +178,13 @@ class ParallelConfig:
     # Targets of a synthesizer may arrive up to this many of its own steps late ([Note: bounded staleness]); 0 is
     # lockstep (equal to the in-process run). 2 lets a stage run two batches ahead, enough to hide one hop.
     max_staleness: int = 2
-    microbatches: int | None = None  # torch pipeline schedules: micro-batches per batch; None: max(4, stages)
+    microbatches: int | None = None  # torch pipeline schedules: micro-batches per batch; None: max(4, virtual stages)
     eval_every: int = 0  # steps between test evaluations (for time-to-target); 0: at epoch ends only
     target_error: float | None = None  # test error % that counts as "target reached" (e.g. 2.5 = 97.5% accuracy)
     master_addr: str = "127.0.0.1"  # rendezvous: loopback unless the user names another address
     master_port: int | None = None  # None: a free port (single machine); multi-machine jobs name one
     timeout_s: float = 60.0  # a stage that does not answer for this long is declared lost
+    pin_cores: bool = False  # rank r runs on cores [r·threads, (r+1)·threads) of this machine (benchmarks)
 
     def validate(self) -> ParallelConfig:
         self.train.validate()
@@ -195,8 +197,8 @@ class ParallelConfig:
             raise ConfigError("the decoupled schedule needs --method dni or cdni (backprop: --schedule model-parallel)")
         if self.schedule is not ScheduleKind.DECOUPLED and t.method is not Method.BACKPROP:
             raise ConfigError(f"--schedule {self.schedule.value} trains with backprop: use --method backprop")
-        if self.schedule is ScheduleKind.DECOUPLED and self.stages < 2:
-            raise ConfigError("the decoupled schedule needs --stages >= 2 (one stage is plain backprop)")
+        if self.schedule in (ScheduleKind.DECOUPLED, ScheduleKind.STALE) and self.stages < 2:
+            raise ConfigError(f"--schedule {self.schedule.value} needs --stages >= 2 (one stage is plain backprop)")
         if self.max_staleness < 0:
             raise ConfigError(f"--max-staleness must be >= 0, got {self.max_staleness}")
         if not (self.timeout_s > 0 and math.isfinite(self.timeout_s)):

@@ -22,11 +22,12 @@ from synthgrad.parallel.stage_job import StageJob
 from synthgrad.parallel.torch_pipelines import TorchPipelineJob
 from synthgrad.schedule import DecoupledSchedule
 from synthgrad.training import ChainJob, Plan, RunFolder, build_network, fit, flush_denormals, model_of, show_progress
+from synthgrad.training.build import build_stale_network
 
 # Fields that may differ between ranks (each machine has its own paths and cores) and between a run and its
 # resumption (also the budget).
-LOCAL = ("out", "data_dir", "threads")
-RESUMABLE = frozenset({"epochs", "out", "data_dir", "threads", "device", "download", "timeout_s"})
+LOCAL = ("out", "data_dir", "threads", "pin_cores")
+RESUMABLE = frozenset({"epochs", "out", "data_dir", "threads", "device", "download", "timeout_s", "pin_cores"})
 
 
 def _agree_on_config(rt: Runtime, pcfg: ParallelConfig) -> None:
@@ -47,8 +48,12 @@ def run_worker(pcfg: ParallelConfig, *, resume: bool = False, progress: bool | N
     world = int(os.environ["WORLD_SIZE"])
     if world != pcfg.stages:
         raise ConfigError(f"the job has {world} processes but --stages is {pcfg.stages}")
-    torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // pcfg.stages))
+    threads = cfg.threads or max(1, (os.cpu_count() or 1) // pcfg.stages)
+    torch.set_num_threads(threads)
     rt = Runtime.from_env(cfg.device, pcfg.timeout_s)
+    if pcfg.pin_cores:
+        cores = os.cpu_count() or 1
+        os.sched_setaffinity(0, {(rt.rank * threads + i) % cores for i in range(threads)})
     clean = False
     try:
         _agree_on_config(rt, pcfg)
@@ -91,8 +96,9 @@ def make_job(pcfg: ParallelConfig, rt: Runtime, data: ImageDataset, examples: in
         net = build_network(cfg, data.input_shape, data.num_classes).to(rt.device)
         return _single(ChainJob(net, data, examples=examples, conditioned=False, diagnose_every=0), rt)
     blocks = split_layers(cfg.layers, pcfg.stages)
-    if kind is ScheduleKind.DECOUPLED:
-        net = build_network(cfg, data.input_shape, data.num_classes, cuts=cuts_of(blocks)).to(rt.device)
+    if kind in (ScheduleKind.DECOUPLED, ScheduleKind.STALE):
+        build = build_network if kind is ScheduleKind.DECOUPLED else build_stale_network
+        net = build(cfg, data.input_shape, data.num_classes, cuts=cuts_of(blocks)).to(rt.device)
         schedule = DecoupledSchedule(pcfg.stages, pcfg.max_staleness, net.rule, unlock=net.unlocked)
         return StageJob(net, rt, schedule, data, examples=examples, batch_size=cfg.batch_size,
                         conditioned=cfg.method is Method.CDNI, ticks=ticks, layers=list(blocks[rt.rank]))  # fmt: skip

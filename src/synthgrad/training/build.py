@@ -7,6 +7,7 @@ from torch import nn
 
 from synthgrad.config import Method, TrainConfig
 from synthgrad.decoupled import DecoupledSequential, decouple
+from synthgrad.interface import TrueGradient
 from synthgrad.models import build_model
 from synthgrad.optim import adam
 
@@ -37,3 +38,14 @@ def build_network(
         synthesizer_optimizer=None if locked else adam(cfg.synthesizer_lr),
         fold_every=cfg.fold_every,
     )
+
+
+def build_stale_network(
+    cfg: TrainConfig, input_shape: tuple[int, ...], num_classes: int, cuts: list[int]
+) -> DecoupledSequential:
+    """The model of `cfg` cut at `cuts` as a stale-gradient pipeline: no synthesizer (ĝ = 0) and every batch's true
+    gradient folded in when it arrives, through the weights that batch used ([Note: folding in true gradients]
+    in stage.py): delayed backprop with weight stashing, PipeDream's asynchronous pipeline."""
+    model = model_of(cfg, input_shape, num_classes)
+    return decouple(model, torch.zeros(2, *input_shape), lr=cfg.lr, cuts=cuts, synthesizer=lambda shape: None,
+                    seed=cfg.seed, rule=TrueGradient(every=1))  # fmt: skip

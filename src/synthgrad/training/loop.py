@@ -145,11 +145,18 @@ def _diverged(run: RunFolder, what: str, epoch: int, step: int) -> str:
     return f"training diverged: {what} at epoch {epoch}, step {step}; {where} (try a smaller --lr)"
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MiB (Linux reports KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _summary(job: Job, run: RunFolder, plan: Plan) -> dict[str, Any]:
     """The training part of summary.json: the same keys for every job."""
     p = run.progress
     last = p.history[-1] if p.history else {}
-    per_stage = job.comm.all_gather_object(job.report())
+    per_stage = job.comm.all_gather_object({**job.report(), "peak_rss_mb": peak_rss_mb()})
     metrics = list(job.evaluate_keys())
     return {
         "epochs": p.epoch,
