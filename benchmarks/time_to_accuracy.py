@@ -71,8 +71,9 @@ def run_one(name: str, args: list[str], stages: int, threads: int, common: list[
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     curve = [(r["train_time_s"], r["test_error"]) for r in rows]
     ttt = summary.get("time_to_target_s")
-    print(f"{name:24s} {summary['samples_per_s']:8.0f} samples/s  time to target {ttt if ttt is None else round(ttt, 1)}"
-          f"  final {summary['test_error']:.2f}%", flush=True)  # fmt: skip
+    shown = "–" if ttt is None else f"{ttt:.1f} s"
+    print(f"{name:24s} {summary['samples_per_s']:8.0f} samples/s  time to target {shown}  final "
+          f"{summary['test_error']:.2f}%", flush=True)  # fmt: skip
     return {"command": command, "summary": summary, "curve": curve}
 
 
@@ -104,7 +105,10 @@ def best_microbatches(results: dict, name: str, counts: list[int]) -> dict:
     ok = {m: s for m, s in tried.items() if "error" not in s}
     if not ok:
         return {"error": next(iter(tried.values()))["error"], "microbatches": counts}
-    key = lambda m: (ok[m]["time_to_target_s"] is None, ok[m]["time_to_target_s"] or 0, -ok[m]["samples_per_s"])  # noqa: E731
+
+    def key(m: int) -> tuple:
+        return ok[m]["time_to_target_s"] is None, ok[m]["time_to_target_s"] or 0, -ok[m]["samples_per_s"]
+
     m = min(ok, key=key)
     return {**ok[m], "microbatches": m, "errors": {k: v["error"] for k, v in tried.items() if "error" in v}}
 
@@ -154,8 +158,8 @@ def main() -> None:
     if args.families:
         names = [n for f in args.families.split(",") for n in FAMILIES[f]]
     counts = [int(m) for m in args.microbatches.split(",")]
-    common = ["--data-dir", args.data_dir, "--model", "fcn", "--batch-size", "256", "--lr", "1e-4",
-              "--target-accuracy", str(args.target), "--layers", str(args.layers), "--width", str(args.width)]  # fmt: skip
+    common = ["--data-dir", args.data_dir, "--model", "fcn", "--batch-size", "256", "--lr", "1e-4", "--target-accuracy",
+              str(args.target), "--layers", str(args.layers), "--width", str(args.width)]  # fmt: skip
     if args.quick:
         common += ["--epochs", "1", "--train-limit", "1024", "--eval-every", "2"]
         common[common.index("--width") + 1] = "32"

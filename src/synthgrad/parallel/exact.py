@@ -96,10 +96,8 @@ class ModelParallelJob(ExactJob):
 
     def step(self, indices: torch.Tensor) -> float | None:
         rt, k = self.comm, self.comm.rank
-        if self.first:
-            inp = self.x[indices]
-        else:
-            inp = rt.recv((len(indices), *self.in_shape), k - 1, 1).requires_grad_()
+        received = None if self.first else rt.recv((len(indices), *self.in_shape), k - 1, 1)
+        inp = self.x[indices] if self.first else received.requires_grad_()
         loss = None
         with rt.timing.measure("compute"):
             out = self.local(inp)

@@ -46,10 +46,7 @@ class _Incoming:
 
     def take(self, step: int, shape: tuple[int, ...]) -> Tensor:
         self.shape = shape
-        if step in self.inbox:
-            message = self.inbox.pop(step)
-        else:
-            message = self._wait(step)
+        message = self.inbox.pop(step) if step in self.inbox else self._wait(step)
         if not self.posted:  # one ahead: the next message travels while this stage computes
             self._post(self._next(step))
         return message
