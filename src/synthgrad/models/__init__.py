@@ -1,8 +1,9 @@
-"""The paper's feed-forward models (PAPER.md §2), each an `nn.Sequential` of *layers* (blocks).
+"""The model zoo, each model an `nn.Sequential` of *layers* (blocks).
 
 Every child of the returned `nn.Sequential` is one "layer" in the paper's sense, so `decouple(model)` puts a
-decoupled interface after every layer. "N layers" means N−1 hidden layers plus the output layer (PAPER.md §2:
-sources disagree; this is the reading we state in every report).
+decoupled interface after every layer. The paper's feed-forward models (PAPER.md §2) are here: "N layers" means
+N−1 hidden layers plus the output layer (PAPER.md §2: sources disagree; this is the reading we state in every
+report). The small GPT for language modelling is in `gpt.py`: [embedding, block × L, head].
 """
 
 from __future__ import annotations
@@ -10,6 +11,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from torch import nn
+
+from synthgrad.models.gpt import GPTConfig, PositionKind, block_multiply_adds, gpt, lm_loss, sample
+
+__all__ = [
+    "MODELS",
+    "GPTConfig",
+    "PositionKind",
+    "block_multiply_adds",
+    "build_model",
+    "cnn",
+    "fcn",
+    "gpt",
+    "lm_loss",
+    "sample",
+]
 
 
 def fcn(input_shape: Sequence[int], num_classes: int, *, layers: int, width: int = 256) -> nn.Sequential:
