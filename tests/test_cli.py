@@ -241,3 +241,10 @@ def test_configs_names_are_accepted_by_train(capfd, tmp_path, fake_data):
         capfd, "train", "--config", names[0], "--data-dir", fake_data, "--out", tmp_path / "run", "--epochs", "0"
     )
     assert_one_line_error(code, err, "--epochs must be >= 1")
+
+
+def test_the_cli_offers_every_synthesizer_kind() -> None:
+    from synthgrad.cli import SYNTHESIZER_KINDS
+    from synthgrad.synthesizers import SynthesizerKind
+
+    assert SYNTHESIZER_KINDS == [k.value for k in SynthesizerKind]

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 
 from synthgrad.errors import ConfigError, SynthgradError
 
+# `SynthesizerKind`'s values, spelled out so that `synthgrad --help` does not import torch (a test keeps them equal).
+SYNTHESIZER_KINDS = ["linear", "lowrank", "mlp", "conv", "zero", "token-linear", "token-lowrank", "token-mlp"]
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
 
@@ -65,7 +67,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         choices=["backprop", "dni", "cdni", "bptt", "dni-aux"],
         help="feed-forward: backprop, dni or cdni; recurrent (with --task): bptt, dni or dni-aux",
     )
-    g.add_argument("--synthesizer", choices=["linear", "lowrank", "mlp", "conv"], help="default: per method")
+    g.add_argument("--synthesizer", choices=SYNTHESIZER_KINDS, help="default: per method (zero: an ablation)")
     g.add_argument("--synthesizer-hidden", type=_int_tuple, help="hidden widths, e.g. 1024,1024 (lowrank: the rank)")
     g.add_argument("--update-prob", type=float, help="update decoupling: each module updates with probability P")
     g.add_argument("--unlock", choices=["full"], help="complete unlock: synthetic inputs and gradients")

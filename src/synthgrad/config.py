@@ -121,9 +121,9 @@ class TrainConfig:
         )
         hidden = r.synthesizer_hidden
         if hidden is None:
-            hidden = {SynthesizerKind.CONV: (128, 128), SynthesizerKind.LOWRANK: (max(16, r.width // 16),)}.get(
-                kind, (1024, 1024)
-            )
+            rank = max(16, r.width // 16)
+            hidden = {SynthesizerKind.CONV: (128, 128), SynthesizerKind.LOWRANK: (rank,), SynthesizerKind.ZERO: ()}
+            hidden = hidden.get(kind, (1024, 1024))
         return dataclasses.replace(
             r, fold_every=fold, lr=lr, synthesizer_lr=synthesizer_lr, synthesizer=kind, synthesizer_hidden=hidden
         )

@@ -54,6 +54,7 @@ class SynthesizerKind(enum.Enum):
     LOWRANK = "lowrank"  # linear through a narrow bottleneck: cheap on wide layers
     MLP = "mlp"
     CONV = "conv"
+    ZERO = "zero"  # no synthesizer: ĝ = 0 exactly (an ablation; with folding, delayed true gradients only)
     # Token-wise: one small map applied at every position of a (T, D) cut, see `TokenSynthesizer`.
     TOKEN_LINEAR = "token-linear"
     TOKEN_LOWRANK = "token-lowrank"

@@ -10,6 +10,7 @@ from synthgrad.decoupled import DecoupledSequential, decouple
 from synthgrad.interface import TrueGradient
 from synthgrad.models import build_model
 from synthgrad.optim import adam
+from synthgrad.synthesizers import SynthesizerKind
 
 
 def model_of(cfg: TrainConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Sequential:
@@ -25,12 +26,15 @@ def build_network(
     all for backprop; synthesizers, learning rates and folding as the config says."""
     model = model_of(cfg, input_shape, num_classes)
     locked = cfg.method is Method.BACKPROP
+    spec = None if locked else cfg.synthesizer_spec()
+    if cfg.synthesizer is SynthesizerKind.ZERO:  # ĝ = 0: an interface without a synthesizer
+        spec = _no_synthesizer
     return decouple(
         model,
         torch.zeros(2, *input_shape),
         lr=cfg.lr,
         cuts=[] if locked else cuts,
-        synthesizer=None if locked else cfg.synthesizer_spec(),
+        synthesizer=spec,
         context_dim=num_classes if cfg.method is Method.CDNI else 0,
         update_prob=cfg.update_prob,
         unlock=cfg.unlock == "full",
@@ -40,6 +44,10 @@ def build_network(
     )
 
 
+def _no_synthesizer(shape: tuple[int, ...]) -> None:
+    return None
+
+
 def build_stale_network(
     cfg: TrainConfig, input_shape: tuple[int, ...], num_classes: int, cuts: list[int]
 ) -> DecoupledSequential:
@@ -47,5 +55,5 @@ def build_stale_network(
     gradient folded in when it arrives, through the weights that batch used ([Note: folding in true gradients]
     in stage.py): delayed backprop with weight stashing, PipeDream's asynchronous pipeline."""
     model = model_of(cfg, input_shape, num_classes)
-    return decouple(model, torch.zeros(2, *input_shape), lr=cfg.lr, cuts=cuts, synthesizer=lambda shape: None,
+    return decouple(model, torch.zeros(2, *input_shape), lr=cfg.lr, cuts=cuts, synthesizer=_no_synthesizer,
                     seed=cfg.seed, rule=TrueGradient(every=1))  # fmt: skip
