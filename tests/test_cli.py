@@ -16,7 +16,6 @@ import pytest
 import torch
 
 from helpers import checkpoint_of, run_cli, write_fake_mnist
-from synthgrad.checkpoint import load_checkpoint
 from synthgrad.config import named_configs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -247,4 +246,4 @@ def test_the_cli_offers_every_synthesizer_kind() -> None:
     from synthgrad.cli import SYNTHESIZER_KINDS
     from synthgrad.synthesizers import SynthesizerKind
 
-    assert SYNTHESIZER_KINDS == [k.value for k in SynthesizerKind]
+    assert [k.value for k in SynthesizerKind] == SYNTHESIZER_KINDS

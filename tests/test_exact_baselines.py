@@ -27,7 +27,7 @@ from synthgrad.optim import adam
 from synthgrad.parallel.exact import DDPJob, ModelParallelJob
 from synthgrad.parallel.partition import split_layers
 from synthgrad.parallel.runtime import Runtime
-from synthgrad.training import Plan, RunFolder, batch_order, fit, model_of
+from synthgrad.training import Plan, RunFolder, batch_order, classification, fit, model_of
 
 CFG = TrainConfig(layers=3, width=16, epochs=1, batch_size=32, lr=1e-2, seed=3).resolve()  # 8 steps, 256 examples
 SHAPE = (1, 8, 8)
@@ -75,10 +75,11 @@ def single(model: nn.Sequential, microbatches: int = 1) -> dict:
 
 def jobs(rt: Runtime, data: ImageDataset) -> dict:
     layers = split_layers(3, rt.world_size)[rt.rank]
+    task = classification(data, 256, conditioned=False)
     return {
-        "model_parallel": lambda: ModelParallelJob(rt, fcn(), layers, data, CFG.lr),
-        "ddp": lambda: DDPJob(rt, bn_free(), data, CFG.lr, 32),
-        "ddp_bn": lambda: DDPJob(rt, fcn(), data, CFG.lr, 32),
+        "model_parallel": lambda: ModelParallelJob(rt, fcn(), layers, task, CFG.lr),
+        "ddp": lambda: DDPJob(rt, bn_free(), task, CFG.lr, 32),
+        "ddp_bn": lambda: DDPJob(rt, fcn(), task, CFG.lr, 32),
     }
 
 
@@ -188,4 +189,4 @@ def test_ddp_batch_not_divisible_is_rejected_before_any_communication() -> None:
     """No process group exists here: the error must come before the first collective."""
     rt = Runtime(0, 3, torch.device("cpu"))
     with pytest.raises(ValueError, match="multiple of 3 ranks"):
-        DDPJob(rt, bn_free(), fake_data(), CFG.lr, 32)
+        DDPJob(rt, bn_free(), classification(fake_data(), 256, conditioned=False), CFG.lr, 32)

@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from helpers import checkpoint_of, run_cli, write_fake_mnist
-from synthgrad.checkpoint import load_checkpoint
 from synthgrad.decoupled import DecoupledSequential
 
 REPO = Path(__file__).resolve().parents[1]

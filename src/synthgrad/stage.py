@@ -51,6 +51,7 @@ from synthgrad.optim import OptimizerFactory, optimizer_or_none, step_and_clear
 from synthgrad.stash import frozen_buffers, rebuild, stashed_weights
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
+BOOTSTRAP = Bootstrap()
 
 
 @dataclass
@@ -120,7 +121,7 @@ class Stage(nn.Module):
         index: int,
         count: int,
         interface: Interface | None = None,
-        rule: TargetRule = Bootstrap(),
+        rule: TargetRule = BOOTSTRAP,
         loss_fn: LossFn | None = None,
         input_interface: InputInterface | None = None,
         update_prob: float = 1.0,

@@ -42,9 +42,10 @@ class Row:
 
 def rows() -> list[Row]:
     """Every row of the suite, the cheap groups first (deepest FCN first: the issue's reference is about it)."""
-    out = [Row("fcn", f"fcn{n}-{m.value}", f"mnist_fcn{n}_{m.value}") for n in (6, 5, 4, 3) for m in METHODS]
-    out += [Row("update_prob", f"p{p:g}", f"mnist_fcn4_cdni{suffix}", seeds=1)
-            for p, suffix in ((1.0, ""), (0.5, "_update_p05"), (0.2, "_update_p02"), (0.05, "_update_p005"))]  # fmt: skip
+    out = [Row("fcn", f"fcn{n}-{m.value}", f"mnist_fcn{n}_{m.value}") for n in (6, 5, 4, 3)
+           for m in METHODS]  # fmt: skip
+    sweep = ((1.0, ""), (0.5, "_update_p05"), (0.2, "_update_p02"), (0.05, "_update_p005"))
+    out += [Row("update_prob", f"p{p:g}", f"mnist_fcn4_cdni{suffix}", seeds=1) for p, suffix in sweep]
     out += [Row("unlock", f"unlock-{m}", f"mnist_fcn4_{m}_unlock", seeds=1) for m in ("dni", "cdni")]
     # The paper's recipe (its synthesizers, PAPER.md §2) at the same budget, beside ours.
     out += [Row("paper", f"fcn{n}-{m}-paper", f"mnist_fcn{n}_{m}_paper", seeds=1) for n in (6, 3, 5, 4)

@@ -16,15 +16,14 @@ from collections import OrderedDict
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from synthgrad.data import ImageDataset
 from synthgrad.optim import adam
 from synthgrad.parallel.runtime import Runtime
 from synthgrad.training.chain_job import first_nonfinite, state_tensors
-from synthgrad.training.evaluate import CLASSIFIER_METRICS, evaluate_across
+from synthgrad.training.evaluate import evaluate_across
+from synthgrad.training.task import Task
 
 
 def stage_module(full: nn.Sequential, layers: range) -> nn.Sequential:
@@ -34,9 +33,9 @@ def stage_module(full: nn.Sequential, layers: range) -> nn.Sequential:
 
 
 @torch.no_grad()
-def boundary_shapes(full: nn.Sequential, input_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
-    """Per-example shape after each child of `full` (eval mode: no batch-norm statistics change)."""
-    was, shapes, h = full.training, [], torch.zeros(2, *input_shape)
+def boundary_shapes(full: nn.Sequential, example: torch.Tensor) -> list[tuple[int, ...]]:
+    """Per-example shape after each child of `full` on `example` inputs (eval mode: no statistics change)."""
+    was, shapes, h = full.training, [], example
     full.eval()
     for child in full:
         h = child(h)
@@ -48,18 +47,18 @@ def boundary_shapes(full: nn.Sequential, input_shape: tuple[int, ...]) -> list[t
 class ExactJob:
     """What the exact-gradient baselines share: the whole model, this rank's part of it and its Adam."""
 
-    def __init__(self, rt: Runtime, full: nn.Sequential, local: nn.Module, data: ImageDataset, lr: float) -> None:
-        self.comm, self.full, self.local, self.data = rt, full, local, data
+    def __init__(self, rt: Runtime, full: nn.Sequential, local: nn.Module, task: Task, lr: float) -> None:
+        self.comm, self.full, self.local, self.task = rt, full, local, task
         self.optimizer = adam(lr)(local.parameters())
-        self.x, self.y = data.train_images, data.train_labels
+        self.x, self.y, self.loss_fn = task.train_x, task.train_y, task.loss_fn
         self.note = ""
 
     def evaluate_keys(self) -> tuple[str, ...]:
-        return CLASSIFIER_METRICS
+        return self.task.metrics
 
     def evaluate(self) -> dict[str, float]:
         part = self.local if self.local is not self.full else None
-        return evaluate_across(self.comm, self.full, part, "", self.data.test_images, self.data.test_labels)
+        return evaluate_across(self.comm, self.full, part, "", self.task.evaluate)
 
     def interval_metrics(self) -> dict[str, Any]:
         return {}
@@ -88,10 +87,10 @@ class ExactJob:
 class ModelParallelJob(ExactJob):
     """Stage k of synchronous model-parallel backprop over the children `layers` of `full`."""
 
-    def __init__(self, rt: Runtime, full: nn.Sequential, layers: range, data: ImageDataset, lr: float) -> None:
-        super().__init__(rt, full, stage_module(full, layers), data, lr)
+    def __init__(self, rt: Runtime, full: nn.Sequential, layers: range, task: Task, lr: float) -> None:
+        super().__init__(rt, full, stage_module(full, layers), task, lr)
         self.first, self.last = rt.rank == 0, rt.rank == rt.world_size - 1
-        self.in_shape = None if self.first else boundary_shapes(full, data.input_shape)[layers.start - 1]
+        self.in_shape = None if self.first else boundary_shapes(full, task.example)[layers.start - 1]
         self.note = f"stage {rt.rank}: layers {layers.start}..{layers.stop - 1}"
 
     def step(self, indices: torch.Tensor) -> float | None:
@@ -103,7 +102,7 @@ class ModelParallelJob(ExactJob):
             out = self.local(inp)
             self.optimizer.zero_grad()
             if self.last:
-                loss = F.cross_entropy(out, self.y[indices])
+                loss = self.loss_fn(out, self.y[indices])
                 loss.backward()
         if not self.last:
             rt.wait(rt.isend(out.detach(), k + 1, 1), k + 1)
@@ -122,11 +121,11 @@ class DDPJob(ExactJob):
     averaged over ranks, the same lr (so samples/s compare with the other methods). Batch norm normalises each
     slice with its own statistics (no SyncBatchNorm), and DDP broadcasts rank 0's running statistics."""
 
-    def __init__(self, rt: Runtime, full: nn.Sequential, data: ImageDataset, lr: float, batch_size: int) -> None:
+    def __init__(self, rt: Runtime, full: nn.Sequential, task: Task, lr: float, batch_size: int) -> None:
         if batch_size % rt.world_size:
             raise ValueError(f"batch size {batch_size} is not a multiple of {rt.world_size} ranks")
         self.ddp = DistributedDataParallel(full)
-        super().__init__(rt, full, full, data, lr)
+        super().__init__(rt, full, full, task, lr)
         self.share = batch_size // rt.world_size
         self.note = f"{rt.world_size} replicas, {self.share} examples each per step"
 
@@ -135,7 +134,7 @@ class DDPJob(ExactJob):
         mine = indices[r * self.share : (r + 1) * self.share]
         with timing.measure("compute"):
             self.optimizer.zero_grad()
-            loss = F.cross_entropy(self.ddp(self.x[mine]), self.y[mine])
+            loss = self.loss_fn(self.ddp(self.x[mine]), self.y[mine])
         with timing.measure("comm"):  # the backward pass with DDP's bucketed all-reduce overlapped
             loss.backward()
         with timing.measure("compute"):

@@ -12,56 +12,49 @@ from typing import Any
 
 import torch
 
-from synthgrad.core import one_hot_context
-from synthgrad.data import ImageDataset
 from synthgrad.decoupled import DecoupledSequential, infer_shapes
 from synthgrad.parallel.runtime import Runtime
 from synthgrad.parallel.transport import RuntimeTransport
 from synthgrad.pipeline import Channel, StageRunner
 from synthgrad.schedule import DecoupledSchedule
 from synthgrad.training.chain_job import first_nonfinite, state_tensors
-from synthgrad.training.evaluate import CLASSIFIER_METRICS, evaluate_across
+from synthgrad.training.evaluate import evaluate_across
+from synthgrad.training.task import Task
 
 
 class StageJob:
-    """Stage `rt.rank` of `net` under `schedule`, on `data`.
+    """Stage `rt.rank` of `net` under `schedule`, on `task`.
 
     Args:
         net: the whole chain (the same on every rank); this rank trains `net.stages[rank]`.
         rt: the runtime (the job's collective).
         schedule: the pipeline's schedule.
-        data: the dataset (on the runtime's device).
-        examples: train on the first `examples` examples.
+        task: what the chain trains on (tensors on the runtime's device) and how it is scored.
         batch_size: examples per step.
-        conditioned: cDNI: the synthesizers read the one-hot label.
         ticks: the steps the run will take in all (no message is awaited beyond them).
         layers: the model layers this stage holds (for the report).
     """
 
     def __init__(
-        self, net: DecoupledSequential, rt: Runtime, schedule: DecoupledSchedule, data: ImageDataset, *,
-        examples: int, batch_size: int, conditioned: bool, ticks: int, layers: list[int],
+        self, net: DecoupledSequential, rt: Runtime, schedule: DecoupledSchedule, task: Task, *, batch_size: int,
+        ticks: int, layers: list[int],
     ) -> None:  # fmt: skip
-        self.net, self.comm, self.schedule, self.data, self.layers = net, rt, schedule, data, layers
+        self.net, self.comm, self.schedule, self.task, self.layers = net, rt, schedule, task, layers
         self.k = rt.rank
         self.stage = net.stages[self.k]
-        shapes = infer_shapes(net.blocks, torch.zeros(2, *data.input_shape, device=rt.device))
+        shapes = infer_shapes(net.blocks, task.example)
         self.shapes = {Channel.TARGET: tuple(shapes[self.k])}
-        in_shape = data.input_shape if self.k == 0 else tuple(shapes[self.k - 1])
+        in_shape = task.input_shape if self.k == 0 else tuple(shapes[self.k - 1])
         self.shapes[Channel.ACTIVATION] = in_shape
         s = schedule.staleness
         self.transport = RuntimeTransport(rt, self.k, lambda m: schedule.carries_target(self.k + 1, m), 4 * (s + 2))
         self.transport.limit(ticks)
         self.runner = StageRunner(self.stage, schedule, self.transport, in_shape, tuple(shapes[self.k]))
-        self.train_x, self.train_y = data.train_images[:examples], data.train_labels[:examples]
-        self.conditioned, self.batch = conditioned, batch_size
+        self.batch = batch_size
         self.busy_s = 0.0  # time inside the stage's ticks
 
     def step(self, indices: torch.Tensor) -> float | None:
-        indices = indices.to(self.train_y.device)
-        y = self.train_y[indices]
-        x = self.train_x[indices] if self.k == 0 or self.schedule.unlock else None
-        context = one_hot_context(y, self.data.num_classes) if self.conditioned else None
+        x, y, context = self.task.batch(indices)  # every stage needs y (the draws, cDNI's context), x stage 0
         t0 = time.perf_counter()
         self.runner.run(self.stage.steps, x, y, context)
         self.busy_s += time.perf_counter() - t0
@@ -69,11 +62,10 @@ class StageJob:
         return losses.pop() if losses else None
 
     def evaluate_keys(self) -> tuple[str, ...]:
-        return CLASSIFIER_METRICS
+        return self.task.metrics
 
     def evaluate(self) -> dict[str, float]:
-        test = self.data.test_images, self.data.test_labels
-        return evaluate_across(self.comm, self.net, self.stage.block, f"stages.{self.k}.block.", *test)
+        return evaluate_across(self.comm, self.net, self.stage.block, f"stages.{self.k}.block.", self.task.evaluate)
 
     def interval_metrics(self) -> dict[str, Any]:
         stats = self.comm.all_gather_object(self.runner.stats.sg_loss())

@@ -34,13 +34,12 @@ from collections import OrderedDict
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from synthgrad.data import ImageDataset
 from synthgrad.parallel.exact import ExactJob, boundary_shapes
 from synthgrad.parallel.partition import split_layers
 from synthgrad.parallel.runtime import Runtime
+from synthgrad.training.task import Task
 
 #: Micro-batches per batch, raised to the number of virtual stages where that is larger (1F1B and DualPipeV
 #: need it).
@@ -132,7 +131,7 @@ class TorchPipelineJob(ExactJob):
     `batch_size`, holding `per_rank` virtual stages (None: the schedule's)."""
 
     def __init__(
-        self, rt: Runtime, full: nn.Sequential, data: ImageDataset, lr: float, *, name: str, batch_size: int,
+        self, rt: Runtime, full: nn.Sequential, task: Task, lr: float, *, name: str, batch_size: int,
         microbatches: int | None = None, per_rank: int | None = None,
     ) -> None:  # fmt: skip
         from torch.distributed import pipelining
@@ -145,15 +144,16 @@ class TorchPipelineJob(ExactJob):
         n = K * v
         blocks = split_layers(len(full), n)
         mine = placement(name, k, K, v)
-        super().__init__(rt, full, stage_modules(full, [blocks[s] for s in mine]), data, lr)
+        super().__init__(rt, full, stage_modules(full, [blocks[s] for s in mine]), task, lr)
         self.first, self.last = 0 in mine, n - 1 in mine  # the data enters at stage 0, the loss at stage n − 1
-        shapes, micro = boundary_shapes(full, data.input_shape), batch_size // mb
+        shapes, micro = boundary_shapes(full, task.example), batch_size // mb
         stages = []
         for s in mine:
             layers = blocks[s]
-            in_shape = data.input_shape if s == 0 else shapes[layers.start - 1]
+            in_shape = task.input_shape if s == 0 else shapes[layers.start - 1]
             # requires_grad marks what carries a gradient: every output; every input but the data's.
-            example_in = torch.zeros(micro, *in_shape, requires_grad=s > 0)
+            dtype = task.train_x.dtype if s == 0 else torch.get_default_dtype()
+            example_in = torch.zeros(micro, *in_shape, dtype=dtype, requires_grad=s > 0)
             example_out = torch.zeros(micro, *shapes[layers.stop - 1], requires_grad=True)
             module = nn.Sequential(OrderedDict((str(i), full[i]) for i in layers))
             stages.append(
@@ -161,7 +161,7 @@ class TorchPipelineJob(ExactJob):
             )
         schedule_cls = getattr(pipelining, SCHEDULES[name])
         # Torch's own checks (a ValueError) reach the user as a one-line config error (worker.make_job).
-        self.schedule = schedule_cls(stages[0] if v == 1 else stages, mb, loss_fn=F.cross_entropy, scale_grads=True)
+        self.schedule = schedule_cls(stages[0] if v == 1 else stages, mb, loss_fn=task.loss_fn, scale_grads=True)
         self.microbatches, self.virtual_stages = mb, mine
         held = "; ".join(f"stage {s}: layers {blocks[s].start}..{blocks[s].stop - 1}" for s in mine)
         self.note = (

@@ -23,6 +23,7 @@ from synthgrad.parallel.torch_pipelines import TorchPipelineJob
 from synthgrad.schedule import DecoupledSchedule
 from synthgrad.training import ChainJob, Plan, RunFolder, build_network, fit, flush_denormals, model_of, show_progress
 from synthgrad.training.build import build_stale_network
+from synthgrad.training.task import Task, classification
 
 # Fields that may differ between ranks (each machine has its own paths and cores) and between a run and its
 # resumption (also the budget).
@@ -76,10 +77,11 @@ def run_worker(pcfg: ParallelConfig, *, resume: bool = False, progress: bool | N
 def _train(pcfg: ParallelConfig, rt: Runtime, run: RunFolder, data: ImageDataset, saved: dict | None, bar: bool):
     cfg = pcfg.train
     examples = min(cfg.train_limit or len(data.train_labels), len(data.train_labels))
+    task = classification(data, examples, conditioned=cfg.method is Method.CDNI)
     plan = Plan(cfg.epochs, cfg.batch_size, cfg.seed, examples, eval_every=pcfg.eval_every,
                 target=pcfg.target_error, progress=bar, desc=f"{pcfg.schedule.value} stage {rt.rank}")  # fmt: skip
     try:
-        job = make_job(pcfg, rt, data, examples, plan.epochs * plan.steps_per_epoch)
+        job = make_job(pcfg, rt, task, plan.epochs * plan.steps_per_epoch)
     except ValueError as e:  # a shape the schedule cannot split (batch, micro-batches, stages)
         raise ConfigError(f"--schedule {pcfg.schedule.value}: {e}") from None
     if saved is not None:
@@ -89,25 +91,25 @@ def _train(pcfg: ParallelConfig, rt: Runtime, run: RunFolder, data: ImageDataset
             "max_staleness": pcfg.max_staleness, "note": getattr(job, "note", ""), **result}  # fmt: skip
 
 
-def make_job(pcfg: ParallelConfig, rt: Runtime, data: ImageDataset, examples: int, ticks: int):
+def make_job(pcfg: ParallelConfig, rt: Runtime, task: Task, ticks: int):
     """This rank's job for the config's schedule."""
     cfg, kind = pcfg.train, pcfg.schedule
     if kind is ScheduleKind.SINGLE:
-        net = build_network(cfg, data.input_shape, data.num_classes).to(rt.device)
-        return _single(ChainJob(net, data, examples=examples, conditioned=False, diagnose_every=0), rt)
+        net = build_network(cfg, task.input_shape, task.num_classes).to(rt.device)
+        return _single(ChainJob(net, task), rt)
     blocks = split_layers(cfg.layers, pcfg.stages)
     if kind in (ScheduleKind.DECOUPLED, ScheduleKind.STALE):
         build = build_network if kind is ScheduleKind.DECOUPLED else build_stale_network
-        net = build(cfg, data.input_shape, data.num_classes, cuts=cuts_of(blocks)).to(rt.device)
+        net = build(cfg, task.input_shape, task.num_classes, cuts=cuts_of(blocks)).to(rt.device)
         schedule = DecoupledSchedule(pcfg.stages, pcfg.max_staleness, net.rule, unlock=net.unlocked)
-        return StageJob(net, rt, schedule, data, examples=examples, batch_size=cfg.batch_size,
-                        conditioned=cfg.method is Method.CDNI, ticks=ticks, layers=list(blocks[rt.rank]))  # fmt: skip
-    full = model_of(cfg, data.input_shape, data.num_classes)
+        return StageJob(net, rt, schedule, task, batch_size=cfg.batch_size, ticks=ticks,
+                        layers=list(blocks[rt.rank]))  # fmt: skip
+    full = model_of(cfg, task.input_shape, task.num_classes)
     if kind is ScheduleKind.MODEL_PARALLEL:
-        return ModelParallelJob(rt, full, blocks[rt.rank], data, cfg.lr)
+        return ModelParallelJob(rt, full, blocks[rt.rank], task, cfg.lr)
     if kind is ScheduleKind.DDP:
-        return DDPJob(rt, full, data, cfg.lr, cfg.batch_size)
-    return TorchPipelineJob(rt, full, data, cfg.lr, name=kind.value, batch_size=cfg.batch_size,
+        return DDPJob(rt, full, task, cfg.lr, cfg.batch_size)
+    return TorchPipelineJob(rt, full, task, cfg.lr, name=kind.value, batch_size=cfg.batch_size,
                             microbatches=pcfg.microbatches)  # fmt: skip
 
 

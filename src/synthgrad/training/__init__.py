@@ -10,6 +10,7 @@ from synthgrad.training.chain_job import ChainJob
 from synthgrad.training.evaluate import evaluate
 from synthgrad.training.loop import Job, Plan, batch_order, fit
 from synthgrad.training.run_folder import Progress, RunFolder, flush_denormals, read_rows, show_progress
+from synthgrad.training.task import Task, classification
 
 __all__ = [
     "ChainJob",
@@ -17,8 +18,10 @@ __all__ = [
     "Plan",
     "Progress",
     "RunFolder",
+    "Task",
     "batch_order",
     "build_network",
+    "classification",
     "evaluate",
     "fit",
     "model_of",
@@ -49,8 +52,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | None = Non
         with flush_denormals():
             net = build_network(cfg, data.input_shape, data.num_classes).to(cfg.device)
             examples = min(cfg.train_limit or len(data.train_labels), len(data.train_labels))
-            job = ChainJob(net, data, examples=examples, conditioned=cfg.method is Method.CDNI,
-                           diagnose_every=cfg.diagnose_every)  # fmt: skip
+            task = classification(data, examples, conditioned=cfg.method is Method.CDNI)
+            job = ChainJob(net, task, diagnose_every=cfg.diagnose_every)
             if saved is not None:
                 job.load_training_state(saved["job"])
             plan = Plan(cfg.epochs, cfg.batch_size, cfg.seed, examples, progress=show_progress(progress),

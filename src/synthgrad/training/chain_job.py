@@ -6,12 +6,10 @@ from typing import Any
 
 import torch
 
-from synthgrad.core import one_hot_context
-from synthgrad.data import ImageDataset
 from synthgrad.decoupled import DecoupledSequential
 from synthgrad.stage import nan_mean
-from synthgrad.training.evaluate import CLASSIFIER_METRICS, evaluate
 from synthgrad.training.run_folder import Solo
+from synthgrad.training.task import Task
 
 
 def first_nonfinite(named: Any) -> str | None:
@@ -32,32 +30,24 @@ def state_tensors(module: torch.nn.Module, optimizers: list[torch.optim.Optimize
 
 
 class ChainJob:
-    """`net` trained on `data` in this process, one `train_step` per batch.
+    """`net` trained on `task` in this process, one `train_step` per batch.
 
     Args:
         net: the chain.
-        data: the dataset (train and test tensors on the device the net is on).
-        examples: use the first `examples` training examples.
-        conditioned: cDNI: the synthesizers read the one-hot label.
+        task: what it trains on (tensors on the device the net is on) and how it is scored.
         diagnose_every: steps between true-gradient cosine measurements (0: never).
     """
 
     comm = Solo()
 
-    def __init__(
-        self, net: DecoupledSequential, data: ImageDataset, *, examples: int, conditioned: bool, diagnose_every: int
-    ) -> None:
-        self.net, self.data = net, data
-        self.train_x, self.train_y = data.train_images[:examples], data.train_labels[:examples]
-        self.conditioned, self.diagnose_every = conditioned, diagnose_every
+    def __init__(self, net: DecoupledSequential, task: Task, *, diagnose_every: int = 0) -> None:
+        self.net, self.task, self.diagnose_every = net, task, diagnose_every
         self._sg: list[list[float]] = []
         self._diagnostics: list[dict] = []  # since the last metric row
 
     def step(self, indices: torch.Tensor) -> float:
         net = self.net
-        indices = indices.to(self.train_y.device)
-        x, y = self.train_x[indices], self.train_y[indices]
-        context = one_hot_context(y, self.data.num_classes, x.dtype) if self.conditioned else None
+        x, y, context = self.task.batch(indices)
         diagnose = self.diagnose_every > 0 and net.steps % self.diagnose_every == 0
         stats = net.train_step(x, y, context, diagnose=diagnose)
         if stats.sg_loss:
@@ -69,10 +59,10 @@ class ChainJob:
         return stats.loss
 
     def evaluate_keys(self) -> tuple[str, ...]:
-        return CLASSIFIER_METRICS
+        return self.task.metrics
 
     def evaluate(self) -> dict[str, float]:
-        return evaluate(self.net, self.data.test_images, self.data.test_labels)
+        return self.task.evaluate(self.net)
 
     def interval_metrics(self) -> dict[str, Any]:
         """Per cut, means since the last row: synthesizer loss (NaN steps skipped: with folding a synthesizer

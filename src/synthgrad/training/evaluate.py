@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -31,10 +32,10 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch
 
 
 def evaluate_across(
-    comm: Collective, model: nn.Module, part: nn.Module | None, prefix: str, images: torch.Tensor, labels: torch.Tensor
+    comm: Collective, model: nn.Module, part: nn.Module | None, prefix: str, score: Callable[[nn.Module], dict]
 ) -> dict[str, float]:
-    """`evaluate` of a model whose parts are trained on different ranks: rank 0 gathers every rank's `part`
-    (keyed in `model` under `prefix`; None: rank 0's model is up to date already), evaluates, and every rank
+    """`score(model)` of a model whose parts are trained on different ranks: rank 0 gathers every rank's `part`
+    (keyed in `model` under `prefix`; None: rank 0's model is up to date already), scores it, and every rank
     gets the same result."""
     if part is not None and comm.world_size > 1:
         mine = (prefix, {k: v.detach().cpu() for k, v in part.state_dict().items()})
@@ -44,5 +45,5 @@ def evaluate_across(
             unknown = merged.keys() - model.state_dict().keys()
             assert not unknown, f"parts not in the model: {sorted(unknown)[:3]}"
             model.load_state_dict(merged, strict=False)
-    result = evaluate(model, images, labels) if comm.rank == 0 else None
+    result = score(model) if comm.rank == 0 else None
     return comm.broadcast_object(result, src=0)

@@ -20,9 +20,9 @@ the last complete checkpoint in place.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
-import re
 import sys
 import time
 from collections.abc import Collection, Iterator, Mapping
@@ -33,11 +33,10 @@ from typing import Any, Protocol
 import torch
 
 from synthgrad.checkpoint import load_checkpoint, save_checkpoint, write_json
-from synthgrad.errors import ConfigError
+from synthgrad.errors import ConfigError, SynthgradError
 
 MANIFEST = "checkpoint.json"
 FORMAT = 2  # checkpoint layout: 1 was a single checkpoint.pt (before the run folder was shared by every run)
-_STATE_FILE = re.compile(r"checkpoint-r(\d+)-(\d+)\.pt")
 
 log = logging.getLogger("synthgrad")
 
@@ -95,6 +94,7 @@ class Progress:
     finished: bool = False  # stopped before its budget (early stopping)
     history: list[dict] = field(default_factory=list)  # metric rows, also in metrics.jsonl
     diagnostics: list[dict] = field(default_factory=list)  # diagnostics rows, also in diagnostics.jsonl
+    start_loss: float | None = None  # the task loss of the run's first step ([Note: divergence] in loop.py)
 
 
 def resume_mismatch(
@@ -141,6 +141,9 @@ class RunFolder:
     def open(self, resume: bool) -> dict | None:
         """Check the folder and, with `resume`, load this rank's state and the progress. Creates nothing.
 
+        Every rank loads and checks its checkpoint before any goes on, so a damaged file stops every rank with
+        the same message, before anything is logged or written.
+
         Returns this rank's saved state, or None for a fresh start (also when `resume` finds no checkpoint)."""
         verdict = self._verdict(resume) if self.rank == 0 else None
         problem, manifest = self.comm.broadcast_object(verdict, src=0)
@@ -148,12 +151,39 @@ class RunFolder:
             raise ConfigError(problem)
         if manifest is None:
             return None
+        state, problem = None, None
+        try:
+            state = self._load(manifest)
+        except SynthgradError as e:
+            problem = str(e)
+        problems = [p for p in self.comm.all_gather_object(problem) if p]
+        if problems:
+            raise ConfigError(problems[0])
         self._count = int(manifest["count"])
         self.progress = Progress(**manifest["progress"])
         self._base = self.progress.wall_time_s
-        state = load_checkpoint(self.out / manifest["files"][self.rank])
         log.info("rank %d: resumed %s at checkpoint %d", self.rank, self.out, self._count)
-        return state["state"]
+        return state
+
+    def _load(self, manifest: dict) -> dict:
+        """This rank's state from the checkpoint the manifest names, checked to be that checkpoint of this run."""
+        path = self.out / manifest["files"][self.rank]
+        saved = load_checkpoint(path)
+        n = manifest["count"]
+        if (saved.get("format"), saved.get("rank"), saved.get("count")) != (FORMAT, self.rank, n) or not isinstance(
+            saved.get("state"), dict
+        ):
+            what = f"rank {saved.get('rank')!r}, checkpoint {saved.get('count')!r}, format {saved.get('format')!r}"
+            raise ConfigError(
+                f"{path} is not rank {self.rank}'s checkpoint {n} of this run (it holds {what}): put back the run's "
+                "own file, or start anew in another --out"
+            )
+        if saved.get("run", _fingerprint(manifest["config"])) != _fingerprint(manifest["config"]):
+            raise ConfigError(
+                f"{path} was written by another run than the one {MANIFEST} names: put back the run's own file, or "
+                "start anew in another --out"
+            )
+        return saved["state"]
 
     def _verdict(self, resume: bool) -> tuple[str | None, dict | None]:
         """(what is wrong with the folder or None, the manifest to resume from or None), decided by rank 0."""
@@ -167,17 +197,13 @@ class RunFolder:
             if resume and (out / "checkpoint.pt").exists():
                 return f"{out} holds a checkpoint of an older synthgrad (before format {FORMAT}): start anew", None
             return None, None
-        try:
-            manifest = json.loads((out / MANIFEST).read_text())
-            files = manifest["files"]
-            bad = [f for f in files if not isinstance(f, str) or not _STATE_FILE.fullmatch(f)]
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            return f"{out / MANIFEST} is unreadable ({type(e).__name__}); the run cannot be resumed", None
-        if manifest.get("format") != FORMAT or bad:
-            return f"{out / MANIFEST} is not a synthgrad {FORMAT} manifest (it names {bad or 'another format'})", None
+        manifest, problem = _read_manifest(out / MANIFEST)
+        if problem:
+            return f"{out / MANIFEST} {problem}: the run cannot be resumed; start anew in another --out", None
+        files = manifest["files"]
         if len(files) != self.comm.world_size:
             return f"the run in {out} has {len(files)} rank(s), this job {self.comm.world_size}", None
-        detail = resume_mismatch(manifest.get("config", {}), self.config, self.resumable, self.implied)
+        detail = resume_mismatch(manifest["config"], self.config, self.resumable, self.implied)
         if detail:
             return f"--resume with a different config than the run in {out} ({detail})", None
         return None, manifest
@@ -230,7 +256,8 @@ class RunFolder:
         self.progress.wall_time_s = self.elapsed()
         n = self._count + 1
         name = f"checkpoint-r{self.rank}-{n}.pt"
-        save_checkpoint(self.out / name, {"format": FORMAT, "rank": self.rank, "count": n, "state": state})
+        saved = {"format": FORMAT, "rank": self.rank, "count": n, "run": _fingerprint(self.config), "state": state}
+        save_checkpoint(self.out / name, saved)
         self.comm.barrier()
         if self.rank == 0:
             files = [f"checkpoint-r{r}-{n}.pt" for r in range(self.comm.world_size)]
@@ -249,6 +276,56 @@ class RunFolder:
     def write_summary(self, summary: Mapping[str, Any]) -> None:
         if self.rank == 0:
             write_json(self.out / "summary.json", dict(summary))
+
+
+def _fingerprint(config: Mapping[str, Any]) -> str:
+    """What ties a checkpoint file to the manifest written with it: a digest of the config both were written
+    under (files from before it was recorded are not checked)."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _read_manifest(path: Path) -> tuple[dict, str | None]:
+    """(the manifest at `path`, None) or ({}, what is wrong with it). A manifest names exactly the files
+    checkpoint-r{rank}-{count}.pt of its count (so nothing outside the folder), and holds a config and the
+    progress."""
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        return {}, f"is unreadable ({e.strerror})"
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError
+        return {}, "is not valid JSON (truncated or damaged)"
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        return {}, f"is not a synthgrad {FORMAT} manifest"
+    count, files = manifest.get("count"), manifest.get("files")
+    if not isinstance(count, int) or isinstance(count, bool) or count < 1 or not isinstance(files, list) or not files:
+        return {}, "is damaged (no checkpoint count or files)"
+    expected = [f"checkpoint-r{r}-{count}.pt" for r in range(len(files))]
+    if files != expected:
+        bad = [f for f, e in zip(files, expected, strict=True) if f != e]
+        return {}, f"names files that are not this run's checkpoints ({', '.join(map(repr, bad[:3]))})"
+    if not isinstance(manifest.get("config"), dict) or not _valid_progress(manifest.get("progress")):
+        return {}, "is damaged (its config or progress is missing or malformed)"
+    return manifest, None
+
+
+def _valid_progress(progress: Any) -> bool:
+    """Whether `progress` is a `Progress` as `asdict` wrote it (every key known, each value of its type)."""
+    if not isinstance(progress, dict) or not progress.keys() <= _PROGRESS_TYPES.keys():
+        return False
+    for key, value in progress.items():
+        kinds = _PROGRESS_TYPES[key]
+        if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+            return False
+        if isinstance(value, list) and not all(isinstance(row, dict) for row in value):
+            return False
+    return True
+
+
+_PROGRESS_TYPES: dict[str, tuple[type, ...]] = {
+    "steps": (int,), "samples": (int,), "epoch": (int,), "train_time_s": (int, float), "wall_time_s": (int, float),
+    "time_to_target_s": (int, float, type(None)), "finished": (bool,), "history": (list,), "diagnostics": (list,),
+    "start_loss": (int, float, type(None)),
+}  # fmt: skip
 
 
 def read_rows(path: Path) -> list[dict]:
