@@ -6,24 +6,17 @@ Tiny sizes on one thread (conftest): the whole file runs in well under a minute.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import Tensor
 
 from conftest import shared_data_dir
 from helpers import run_cli, write_fake_mnist
-from synthgrad.checkpoint import load_checkpoint, save_checkpoint
-from synthgrad.recurrent import multinet
-from synthgrad.recurrent import run as recurrent_run
-from synthgrad.recurrent.experiments import REPORT_BUDGET, suite
-from synthgrad.recurrent.multinet import MultiNetSystem
-from synthgrad.recurrent.tasks import MultiNetTask
+from synthgrad.recurrent.budget import Budget
+from synthgrad.training.run_folder import RunFolder
 
 TINY = ["--hidden-size", "16", "--batch-size", "8", "--threads", "1", "--no-progress", "--seed", "3"]
 COMMON_KEYS = {"task", "method", "T", "samples", "wall_time_s", "hidden_size", "max_samples"}
@@ -79,10 +72,11 @@ def test_each_task_writes_its_summary_curve_and_checkpoint(capfd, tmp_path, fake
     assert COMMON_KEYS | TASK_KEYS[task] <= summary.keys()
     assert (summary["task"], summary["method"], summary["T"]) == (task, method, 2)
     assert summary["samples"] >= summary["max_samples"] and summary["wall_time_s"] > 0
-    for name in ("config.json", "checkpoint.pt", "learning_curve.png", "train.log"):
+    for name in ("config.json", "checkpoint.json", "learning_curve.png", "train.log", "metrics.jsonl"):
         assert (out / name).is_file(), name
     rows = read_rows(out)
-    assert len(rows) >= 2 and rows[-1]["samples"] <= summary["samples"]
+    assert len(rows) >= 2 and rows[-1]["samples"] <= summary["samples"] and rows[-1]["step"] <= summary["steps"]
+    assert RunFolder(out, {}).load_state()["training"]["model"]  # the last checkpoint, in the run folder's format
     assert stdout.startswith(f"{task} {method} T=2: ") and str(out) in stdout
 
 
@@ -133,7 +127,7 @@ def test_forget_bias_reaches_the_trained_lstm(capfd, tmp_path, task):
     args = ["--task", task, "--method", "bptt", "--T", "2", *TINY, "--forget-bias", "5", "--log-every", "8"]
     code, _, err = run_cli(capfd, "train", *args, *(data or ["--max-samples", "8"]), "--out", tmp_path / "run")
     assert code == 0, err
-    bias = load_checkpoint(tmp_path / "run" / "checkpoint.pt")["training"]["model"]["core.cell.bias_ih"]
+    bias = RunFolder(tmp_path / "run", {}).load_state()["training"]["model"]["core.cell.bias_ih"]
     i, f, g, o = bias.chunk(4)  # hidden 16 each
     assert torch.all((f > 4.7) & (f < 5.3)), f
     assert all(gate.abs().max() < 0.3 for gate in (i, g, o))
@@ -187,7 +181,7 @@ def test_resume_after_an_interruption_gives_the_uninterrupted_numbers(
 
     rows_a = read_rows(tmp_path / "a")
     stop_at = rows_a[1]["samples"]  # interrupt after the second checkpoint, before the run's end
-    advance = recurrent_run.Session.advance
+    advance = Budget.advance
 
     def interrupted(self, samples):
         due = advance(self, samples)
@@ -195,11 +189,11 @@ def test_resume_after_an_interruption_gives_the_uninterrupted_numbers(
             raise KeyboardInterrupt
         return due
 
-    monkeypatch.setattr(recurrent_run.Session, "advance", interrupted)
+    monkeypatch.setattr(Budget, "advance", interrupted)
     code, _, err = run_cli(capfd, *args, "--out", tmp_path / "b")
     assert code == 130, err
     assert not (tmp_path / "b" / "summary.json").exists()
-    monkeypatch.setattr(recurrent_run.Session, "advance", advance)
+    monkeypatch.setattr(Budget, "advance", advance)
     code, _, err = run_cli(capfd, *args, "--out", tmp_path / "b", "--resume")
     assert code == 0, err
 
@@ -208,46 +202,28 @@ def test_resume_after_an_interruption_gives_the_uninterrupted_numbers(
     assert [without_time(r) for r in rows_a] == [without_time(r) for r in read_rows(tmp_path / "b")]
 
 
-def test_a_checkpoint_from_before_the_trace_and_target_fields_resumes_with_the_values_it_ran_with(capfd, tmp_path):
+def test_a_run_folder_is_not_overwritten_and_resumes_only_with_its_config(capfd, tmp_path):
     out = tmp_path / "run"
-    old_flags = ["--discount", "0.1", "--trace-decay", "0"]  # what Copy ran with before synthesizer traces
-    args = ["train", "--task", "copy", "--method", "dni", "--T", "2", *TINY, "--out", out]
-    code, _, err = run_cli(capfd, *args, *old_flags, "--max-samples", "24", "--log-every", "8")
-    assert code == 0, err
-    ckpt = load_checkpoint(out / "checkpoint.pt")  # as written before the two fields existed
-    for key in ("trace_decay", "synthesizer_target"):
-        del ckpt["config"][key]
-    save_checkpoint(out / "checkpoint.pt", ckpt)
-
-    code, _, err = run_cli(capfd, *args, "--max-samples", "48", "--log-every", "8", "--resume")  # today's defaults
-    assert code == 2 and "trace_decay: 0.0 -> 1.0" in err and "discount: 0.1 -> 1.0" in err
-    code, _, err = run_cli(capfd, *args, *old_flags, "--max-samples", "48", "--log-every", "8", "--resume")
-    assert code == 0, err
-    assert json.loads((out / "summary.json").read_text())["samples"] >= 48
-
-
-def test_checkpoints_from_before_the_repeat_curriculum_field_resume(capfd, tmp_path):
-    out = tmp_path / "run"
-    args = ["train", "--task", "repeat-copy", "--method", "bptt", "--T", "2", *TINY, "--max-repeats", "2"]
-    code, _, err = run_cli(capfd, *args, "--repeat-curriculum", "length", "--max-samples", "16", "--out", out)
-    assert code == 0, err
-    ckpt = load_checkpoint(out / "checkpoint.pt")
-    del ckpt["config"]["repeat_curriculum"]  # as written before the field existed: L only, N drawn
-    save_checkpoint(out / "checkpoint.pt", ckpt)
-    code, _, err = run_cli(capfd, *args, "--max-samples", "32", "--out", out, "--resume")
-    assert code == 2 and "repeat_curriculum: 'length' -> 'both'" in err
-    old_flags = ["--repeat-curriculum", "length"]
-    code, _, err = run_cli(capfd, *args, *old_flags, "--max-samples", "32", "--out", out, "--resume")
-    assert code == 0, err
-    # Copy has no use for the field: its old checkpoints resume with today's defaults.
-    args = ["train", "--task", "copy", "--method", "bptt", "--T", "2", *TINY, "--out", tmp_path / "copy"]
+    args = ["train", "--task", "copy", "--method", "dni", "--T", "2", *TINY, "--out", out, "--log-every", "8"]
     code, _, err = run_cli(capfd, *args, "--max-samples", "16")
     assert code == 0, err
-    ckpt = load_checkpoint(tmp_path / "copy" / "checkpoint.pt")
-    del ckpt["config"]["repeat_curriculum"]
-    save_checkpoint(tmp_path / "copy" / "checkpoint.pt", ckpt)
-    code, _, err = run_cli(capfd, *args, "--max-samples", "32", "--resume")
+    code, _, err = run_cli(capfd, *args, "--max-samples", "32")  # no --resume: the run there is kept
+    assert code == 2 and "already holds a run" in err
+    code, _, err = run_cli(capfd, *args, "--max-samples", "32", "--discount", "0.5", "--resume")
+    assert code == 2 and "discount: 1.0 -> 0.5" in err
+    code, _, err = run_cli(capfd, *args, "--max-samples", "32", "--resume")  # a larger budget may differ
     assert code == 0, err
+    assert json.loads((out / "summary.json").read_text())["samples"] >= 32
+
+
+def test_a_checkpoint_of_the_old_format_is_refused_in_one_line(capfd, tmp_path):
+    """Before the run folder was shared (issue #17), a recurrent run kept a single checkpoint.pt."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoint.pt").write_bytes(b"old")
+    args = ["train", "--task", "copy", "--method", "bptt", "--T", "2", *TINY, "--max-samples", "8", "--out", out]
+    code, _, err = run_cli(capfd, *args, "--resume")
+    assert code == 2 and "older synthgrad" in err and len(err.splitlines()) == 1
 
 
 # -- user errors: one line, exit 2, nothing written ---------------------------------------------------------
@@ -317,181 +293,3 @@ def test_bad_input_is_one_line_and_exit_2(capfd, tmp_path, args, needles):
 def test_a_budget_is_required(capfd, tmp_path):
     code, _, err = run_cli(capfd, "train", "--task", "copy", "--out", tmp_path / "run")
     assert code == 2 and "--max-samples" in err and len(err.splitlines()) == 1
-
-
-# -- the two-network system ---------------------------------------------------------------------------------
-
-
-def tiny_system(method: str, T: int = 3) -> tuple[MultiNetSystem, MultiNetTask]:  # noqa: N803
-    torch.manual_seed(0)
-    images, labels = torch.rand(64, 28, 28), torch.randint(0, 10, (64,))
-    system = MultiNetSystem(T, method=method, a_hidden=8, b_hidden=8, lr=1e-2)
-    return system, MultiNetTask(images, labels, T=T)
-
-
-@pytest.mark.parametrize(("method", "every"), [("bptt", 9), ("dni", 3)])
-def test_locked_a_updates_every_T_squared_steps_and_dni_a_every_T(method, every):
-    """A's optimizer steps, stamped with the clock (A-steps taken), T = 3: locked at 9, 18 (once per episode,
-    with B); DNI at 3, 6, 9, ... (every window). B updates once per episode either way."""
-    system, task = tiny_system(method, T=3)
-    stamps: list[int] = []
-    system.a_optimizer.register_step_post_hook(lambda *_: stamps.append(system.a_steps))
-    b_stamps: list[int] = []
-    system.b_optimizer.register_step_post_hook(lambda *_: b_stamps.append(system.a_steps))
-    for seed in range(2):  # two episodes, 18 A-steps
-        system.train_episode(task.sample(4, torch.Generator().manual_seed(seed)))
-    assert stamps == list(range(every, 19, every))
-    assert b_stamps == [9, 18]
-    assert system.a_updates == len(stamps)
-
-
-@pytest.mark.parametrize("method", ["bptt", "dni"])
-def test_only_a_s_own_update_reaches_its_weights(method):
-    """Every A parameter accumulates a gradient exactly once per A update and is cleared by it: with the DNI,
-    neither the synthesizer's loss nor B's loss ever reaches A's weights."""
-    system, task = tiny_system(method)
-    accumulations = []
-    for p in system.a.parameters():
-        p.register_post_accumulate_grad_hook(lambda p: accumulations.append(id(p)))
-    m_before = [p.detach().clone() for p in system.synthesizer.parameters()] if method == "dni" else []
-    episode = system.train_episode(task.sample(4, torch.Generator().manual_seed(1)))
-    n_params = len(list(system.a.parameters()))
-    assert len(accumulations) == n_params * system.a_updates
-    assert all(p.grad is None for p in system.a.parameters())
-    if method == "dni":  # the synthesizer did train, on a loss that stayed away from A
-        assert episode.sg_loss is not None
-        assert any(not torch.equal(a, b) for a, b in zip(m_before, system.synthesizer.parameters(), strict=True))
-
-
-def test_the_synthesizer_regresses_onto_b_s_true_gradient_of_each_message():
-    """M's targets are B·∂(Σ_k B's loss_k)/∂m_k for the episode's messages, the gradient the locked system sends
-    A through each message: checked by recomputing it with B's weights from before its update."""
-    system, task = tiny_system("dni", T=3)
-    batch = task.sample(4, torch.Generator().manual_seed(2))
-    b_before = copy.deepcopy(system.b)
-    seen: list[tuple[Tensor, Tensor]] = []
-    loss_fn = multinet.synthesizer_loss
-
-    def spy(prediction: Tensor, target: Tensor) -> Tensor:
-        seen.append((prediction.detach().clone(), target.clone()))
-        return loss_fn(prediction, target)
-
-    messages: list[Tensor] = []
-    window = system.a.window
-
-    def recording_window(xs, state):
-        logits, message, state = window(xs, state)
-        messages.append(message.detach().clone())
-        return logits, message, state
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(multinet, "synthesizer_loss", spy)
-        mp.setattr(system.a, "window", recording_window)
-        system.train_episode(batch)
-    ((_, targets),) = seen
-    sent = [m.requires_grad_(True) for m in messages]
-    state, loss = b_before.initial_state(4), torch.zeros(())
-    for m, count in zip(sent, batch.b_counts, strict=True):
-        logits, state = b_before.tick(m, state)
-        loss = loss + F.cross_entropy(logits, count)
-    expected = torch.autograd.grad(loss, sent)
-    assert torch.allclose(targets, torch.cat(expected) * 4, atol=1e-6)  # per-example units: × batch
-
-
-# -- the reproduction suite -----------------------------------------------------------------------------------
-
-
-def test_reproduce_recurrent_quick_writes_every_row_beside_the_paper(capfd, tmp_path):
-    data = ptb_dir()
-    if not (data / "mnist").is_dir():
-        pytest.skip("real MNIST not found")
-    out = tmp_path / "suite"
-    args = ["reproduce", "recurrent", "--quick", "--threads", "1", "--no-progress", "--data-dir", data, "--out", out]
-    code, stdout, err = run_cli(capfd, *args)
-    assert code == 0, err
-    results = json.loads((out / "report.json").read_text())
-    assert len(results) == 2 * 4 * 3 + 3 + 2  # Copy/Repeat Copy × T 2..5 × 3 methods, PTB × 3, two networks × 2
-    report = (out / "report.md").read_text()
-    assert "| dni (paper) | 16 | 14 | 18 | 18 |" in report and "1.354" in report and "locked (bptt)" in report
-    assert (out / "ptb_bpc.png").is_file() and (out / "multinet_accuracy.png").is_file()
-    # Run again: every row is finished, so nothing is trained twice and the numbers stay.
-    code, _, err = run_cli(capfd, *args)
-    assert code == 0, err
-    again = json.loads((out / "report.json").read_text())
-    assert [without_time(r) for r in again] == [without_time(r) for r in results]
-
-
-def test_the_suite_by_default_gives_each_task_the_committed_reports_budget():
-    """`synthgrad reproduce recurrent` with no budget option reproduces reports/recurrent: every row gets its
-    task's budget there; one option gives every row one budget."""
-    committed = json.loads((Path(__file__).parents[1] / "reports" / "recurrent" / "report.json").read_text())
-    rows = suite(None, quick=False, data_dir=None, out=Path("suite"))
-    assert {r.task.value for r in rows} == set(REPORT_BUDGET) == {r["task"] for r in committed}
-    for row in rows:
-        assert {"max_minutes": row.max_minutes, "max_samples": row.max_samples} == {
-            "max_minutes": None,
-            "max_samples": None,
-            **REPORT_BUDGET[row.task.value],
-        }
-    for r in committed:
-        assert {k: r.get(k) for k in ("max_minutes", "max_samples")} == {
-            "max_minutes": None,
-            "max_samples": None,
-            **REPORT_BUDGET[r["task"]],
-        }, (r["task"], r["method"], r["T"])
-    assert {r.max_minutes for r in suite({"max_minutes": 2.0}, quick=False, data_dir=None, out=Path("s"))} == {2.0}
-
-
-def test_reproduce_recurrent_groups_runs_only_those_tasks_and_carries_the_others(capfd, tmp_path):
-    out = tmp_path / "suite"
-    out.mkdir()
-    # An old row says "carried": False, as every row a suite ran itself does; carrying it must set it to True.
-    old_ptb = {"task": "ptb-char", "method": "bptt", "T": 8, "test_bpc": 1.989, "valid_bpc": 2.031, "samples": 7,
-               "hidden_size": 256, "batch_size": 32, "lr": 0.001, "max_minutes": 1.5, "carried": False}  # fmt: skip
-    old_copy = {**old_ptb, "task": "copy", "T": 2, "max_length": 99}
-    (out / "report.json").write_text(json.dumps([old_copy, old_ptb]))
-    args = ["reproduce", "recurrent", "--quick", "--threads", "1", "--no-progress", "--out", out]
-    code, _, err = run_cli(capfd, *args, "--groups", "copy")
-    assert code == 0, err
-    results = json.loads((out / "report.json").read_text())
-    assert sorted(r["task"] for r in results) == ["copy"] * 12 + ["ptb-char"]  # the old Copy row is replaced
-    assert [r["carried"] for r in results if r["task"] == "ptb-char"] == [True]
-    assert all(r["commit"] and not r["carried"] for r in results if r["task"] == "copy")
-    report = (out / "report.md").read_text()
-    assert "| bptt | 1.989 | 2.031 | 7 | 1.354 |" in report
-    assert "rows of ptb-char are carried over" in report and "| 99 |" not in report
-    # Each section states its own rows' budget: the carried PTB row's, not this run's.
-    assert "Budget per row: 1.5 min; commit not recorded (carried over from an earlier run)." in report
-    assert "Budget per row: 200 sequences; commit " in report
-    code, _, err = run_cli(capfd, *args, "--groups", "copy,ptb")
-    assert code == 2 and "unknown group(s) ptb" in err
-
-
-@pytest.mark.parametrize("minutes", ["0", "-1", "nan"])
-def test_a_suite_budget_that_is_not_positive_names_its_option_before_any_row(capfd, tmp_path, minutes):
-    out = tmp_path / "suite"
-    code, stdout, err = run_cli(capfd, "reproduce", "recurrent", "--minutes-per-run", minutes, "--out", out)
-    assert code == 2 and stdout == "" and len(err.splitlines()) == 1, err
-    assert "--minutes-per-run" in err and f"got {minutes}" in err
-    assert not out.exists()
-
-
-def test_copy_tasks_default_to_traces_at_full_discount_and_ptb_to_a_tenth():
-    """[Note: Copy defaults]: Copy tasks run DNI at λ = 1 with traces μ = 1; PTB (an endless stream) at λ = 0.1
-    without; a method without a bootstrapped synthesizer gets no traces by default."""
-    from synthgrad.recurrent.train import RecurrentConfig, RecurrentMethod, RecurrentTask, SynthesizerTarget
-
-    for task in (RecurrentTask.COPY, RecurrentTask.REPEAT_COPY):
-        cfg = RecurrentConfig(task=task, max_samples=1).validate().resolve()
-        assert (cfg.discount, cfg.trace_decay) == (1.0, 1.0)
-    ptb = RecurrentConfig(task=RecurrentTask.PTB_CHAR, max_samples=1).validate().resolve()
-    assert (ptb.discount, ptb.trace_decay) == (0.1, 0.0)
-    # DNI + Aux's weight: a tenth on Copy tasks, 1 on PTB; 1 (unused) for the other methods, as it always was
-    aux = {t: RecurrentConfig(task=t, method=RecurrentMethod.DNI_AUX, max_samples=1).resolve() for t in RecurrentTask}
-    weights = [aux[t].aux_weight for t in (RecurrentTask.COPY, RecurrentTask.REPEAT_COPY, RecurrentTask.PTB_CHAR)]
-    assert weights == [0.1, 0.1, 1.0]
-    assert RecurrentConfig(task=RecurrentTask.COPY, max_samples=1).resolve().aux_weight == 1.0  # dni
-    assert RecurrentConfig(method=RecurrentMethod.DNI_AUX, aux_weight=0.5, max_samples=1).resolve().aux_weight == 0.5
-    for changes in ({"method": RecurrentMethod.BPTT}, {"synthesizer_target": SynthesizerTarget.TRUE}):
-        assert RecurrentConfig(max_samples=1, **changes).validate().resolve().trace_decay == 0.0
-    assert RecurrentConfig(max_samples=1, trace_decay=0.0).validate().resolve().trace_decay == 0.0

@@ -10,7 +10,9 @@ import argparse
 import contextlib
 import faulthandler
 import logging
+import math
 import os
+import re
 import sys
 from collections.abc import Sequence
 
@@ -30,16 +32,41 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _positive_int(text: str) -> int:
-    v = int(text)
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}") from None
     if v < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
     return v
 
 
+def _real(text: str) -> float:
+    """A number that is not NaN or infinite (ranges are checked by the config's `validate`)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return v
+
+
 def _positive_float(text: str) -> float:
-    v = float(text)
+    v = _real(text)
     if not v > 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return v
+
+
+def _seed(text: str) -> int:
+    """A seed torch and the batch order can use (seed × 100,003 + epoch must stay a 64-bit integer)."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if not 0 <= v < 2**32:
+        raise argparse.ArgumentTypeError(f"must be in 0..{2**32 - 1}, got {v}")
     return v
 
 
@@ -47,7 +74,10 @@ def _int_tuple(text: str) -> tuple[int, ...]:
     """'1024,1024' -> (1024, 1024); '' or 'none' -> ()."""
     if text.strip().lower() in ("", "none"):
         return ()
-    return tuple(int(x) for x in text.split(","))
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be whole numbers separated by commas, got {text!r}") from None
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -69,15 +99,15 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--synthesizer", choices=SYNTHESIZER_KINDS, help="default: per method (zero: an ablation)")
     g.add_argument("--synthesizer-hidden", type=_int_tuple, help="hidden widths, e.g. 1024,1024 (lowrank: the rank)")
-    g.add_argument("--update-prob", type=float, help="update decoupling: each module updates with probability P")
+    g.add_argument("--update-prob", type=_real, help="update decoupling: each module updates with probability P")
     g.add_argument("--unlock", choices=["full"], help="complete unlock: synthetic inputs and gradients")
     g.add_argument("--fold-every", type=int, help="fold in the true gradient of every K-th batch (0: never)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int)
     g.add_argument("--batch-size", type=int)
-    g.add_argument("--lr", type=float)
-    g.add_argument("--synthesizer-lr", type=float)
-    g.add_argument("--seed", type=int)
+    g.add_argument("--lr", type=_real)
+    g.add_argument("--synthesizer-lr", type=_real)
+    g.add_argument("--seed", type=_seed)
     g = p.add_argument_group("running")
     g.add_argument("--device", help="cpu, cuda or cuda:N")
     g.add_argument("--threads", type=_positive_int, help="torch intra-op threads (default: all cores)")
@@ -94,11 +124,11 @@ _RECURRENT_OPTIONS = [
     ("--task", _RECURRENT_TASKS, "recurrent task (PAPER.md §4-5)"),
     ("--T", int, "chunk length of truncated BPTT (multinet: B's tick period); default per task"),
     ("--hidden-size", int, "LSTM units; default per task"),
-    ("--forget-bias", float, "copy tasks, ptb-char: added to the LSTM's forget-gate bias at init (default 0)"),
+    ("--forget-bias", _real, "copy tasks, ptb-char: added to the LSTM's forget-gate bias at init (default 0)"),
     ("--max-samples", int, "budget: sequences (copy), characters (ptb-char) or digits read (multinet)"),
-    ("--max-minutes", float, "budget in wall-clock minutes (--resume continues the remaining time)"),
-    ("--aux-weight", float, "weight of the DNI + Aux auxiliary loss; default per task (copy tasks 0.1, else 1)"),
-    ("--discount", float, "dni, dni-aux: λ on the synthetic gradient, in (0, 1] ([Note: discount]); default per task"),
+    ("--max-minutes", _real, "budget in wall-clock minutes (--resume continues the remaining time)"),
+    ("--aux-weight", _real, "weight of the DNI + Aux auxiliary loss; default per task (copy tasks 0.1, else 1)"),
+    ("--discount", _real, "dni, dni-aux: λ on the synthetic gradient, in (0, 1] ([Note: discount]); default per task"),
     (
         "--synthesizer-target",
         ["bootstrap", "true"],
@@ -107,12 +137,12 @@ _RECURRENT_OPTIONS = [
     ),
     (
         "--trace-decay",
-        float,
+        _real,
         "dni, dni-aux on copy tasks: μ in [0, 1]; above 0, M regresses once per sequence onto the λ-return "
         "through the core's trace Jacobian ([Note: synthesizer traces]); 0: the paper's bootstrap; default 1",
     ),
     ("--log-every", int, "samples between metric rows and checkpoints (ptb-char: validations)"),
-    ("--curriculum-threshold", float, "copy tasks: bits wrong per sequence below which the length grows"),
+    ("--curriculum-threshold", _real, "copy tasks: bits wrong per sequence below which the length grows"),
     ("--curriculum-window", int, "copy tasks: batches averaged by the curriculum"),
     ("--max-repeats", int, "repeat-copy: the most repeats N (10)"),
     (
@@ -123,7 +153,7 @@ _RECURRENT_OPTIONS = [
     ),
     ("--patience", int, "ptb-char: validations without improvement before early stopping"),
     ("--eval-chars", int, "ptb-char: score only the first N validation/test characters"),
-    ("--target-accuracy", float, "multinet: B's moving accuracy for steps_to_target (0..1)"),
+    ("--target-accuracy", _real, "multinet: B's moving accuracy for steps_to_target (0..1)"),
     ("--accuracy-window", int, "multinet: episodes in that moving accuracy"),
 ]
 
@@ -142,9 +172,19 @@ def config_from_args(args: argparse.Namespace):
     from synthgrad.config import TrainConfig, from_dict, load_config_file
 
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    values = load_config_file(args.config) if args.config else {}
+    values = _experiment_file(load_config_file, args.config) if args.config else {}
     overrides = {k: v for k, v in vars(args).items() if v is not None and k in train_fields}
     return from_dict({**values, **overrides}).validate()
+
+
+def _experiment_file(load, name: str) -> dict:
+    """`load(name)`: a TOML experiment file, where one that is not text or cannot be read is a one-line error."""
+    try:
+        return load(name)
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config {name!r} is not a TOML text file (byte {e.start} is not UTF-8)") from None
+    except OSError as e:
+        raise ConfigError(f"config {name!r} is unreadable ({e.strerror}): name a TOML file") from None
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -169,7 +209,7 @@ def _cmd_train_recurrent(args: argparse.Namespace) -> int:
     from synthgrad.recurrent.task_config import RecurrentConfig, load_experiment
 
     not_config = {"command", "func", "argv", "resume", "no_progress", "config"}
-    values = load_experiment(args.config) if args.config else {}  # an experiment file, then the options given
+    values = _experiment_file(load_experiment, args.config) if args.config else {}  # the file, then the options
     values |= {k: v for k, v in vars(args).items() if v is not None and k not in not_config}
     cfg = RecurrentConfig.from_dict(values)
     s = train_recurrent(cfg, resume=args.resume, progress=False if args.no_progress else None)
@@ -246,7 +286,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         layers=args.layers,
         download=args.download,
-        progress=not args.no_progress,
+        progress=False if args.no_progress else None,
     )
     return 0
 
@@ -373,10 +413,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="torch pipeline schedules: micro-batches per batch (default max(4, virtual stages))",
     )
     g.add_argument("--eval-every", type=int, default=0, help="steps between test evaluations (time to target)")
-    g.add_argument("--target-accuracy", type=float, help="test accuracy %% for time-to-target, e.g. 97.5")
+    g.add_argument("--target-accuracy", type=_real, help="test accuracy %% for time-to-target, e.g. 97.5")
     g.add_argument("--master-addr", default="127.0.0.1", help="rendezvous address (default: loopback)")
     g.add_argument("--master-port", type=int, help="rendezvous port (default: a free one)")
-    g.add_argument("--timeout", type=float, default=60.0, help="seconds before a silent stage is declared lost")
+    g.add_argument("--timeout", type=_real, default=60.0, help="seconds before a silent stage is declared lost")
     g.add_argument("--pin-cores", action="store_true", help="pin each rank to its own cores (for benchmarks)")
     p.set_defaults(func=_cmd_parallel)
 
@@ -406,20 +446,47 @@ def _run(args: argparse.Namespace) -> int:
     try:
         return args.func(args)
     except StageLost as e:
-        print(f"synthgrad: error: {e}", file=sys.stderr)
+        _say(f"error: {e}")
         return 1
     except TrainingDiverged as e:
-        print(f"synthgrad: error: {e}", file=sys.stderr)
+        _say(f"error: {e}")
         return EXIT_DIVERGED
     except SynthgradError as e:
-        print(f"synthgrad: error: {e}", file=sys.stderr)
+        _say(f"error: {e}")
         return EXIT_USER_ERROR
     except BrokenPipeError:  # output piped into `head` and closed early
         sys.stderr.close()
         return 0
     except KeyboardInterrupt:
-        print("synthgrad: interrupted; the last checkpoint is intact (--resume continues)", file=sys.stderr)
+        _say("interrupted; the last checkpoint is intact (--resume continues)")
         return 130
+    except (MemoryError, RuntimeError) as e:  # a model or batch too large for this machine (CPU or GPU)
+        text = " ".join(str(e).split())
+        if not isinstance(e, MemoryError) and type(e).__name__ != "OutOfMemoryError" and "allocate" not in text:
+            raise
+        asked = re.search(r"allocate ([0-9.]+ ?[KMGT]?i?B|\d+ bytes)", text)
+        _say(
+            f"error: out of memory{f' (asked for {asked.group(1)})' if asked else ''}: choose a smaller model or "
+            "batch (--width, --layers, --hidden-size, --batch-size)"
+        )
+        return EXIT_USER_ERROR
+
+
+def _say(message: str) -> None:
+    """The one line a failed command leaves: on stderr, or, in a stage process that the local launcher started,
+    in the file it names (`SYNTHGRAD_ERROR_FILE`): the launcher prints the cause's line once for the whole job."""
+    from synthgrad.parallel.launch import ERROR_FILE_ENV
+
+    line = f"synthgrad: {message}"
+    path = os.environ.get(ERROR_FILE_ENV)
+    if path:
+        try:
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(line + "\n")
+            return
+        except OSError:
+            pass
+    print(line, file=sys.stderr)
 
 
 def _leave_stage_process(code: int) -> None:

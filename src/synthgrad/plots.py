@@ -10,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def learning_curves(history: Sequence[Mapping], path: str | Path, title: str = "") -> None:
@@ -22,10 +23,18 @@ def learning_curves(history: Sequence[Mapping], path: str | Path, title: str = "
     ax2.set(xlabel="epoch", ylabel="test error (%)")
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
+        epoch_ticks(ax, epochs)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def epoch_ticks(ax, epochs: Sequence[float]) -> None:
+    """Whole-number ticks on the epoch axis when every point is at a whole epoch (no "1.5" between epochs 1
+    and 2 of a 3-epoch run); runs evaluated within epochs keep matplotlib's ticks."""
+    if epochs and all(float(e).is_integer() for e in epochs):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def drawable_points(xs: Sequence[float], ys: Sequence[float], *, log: bool = True) -> tuple[list, list]:
@@ -65,6 +74,7 @@ def compare_runs(runs: Mapping[str, Sequence[Mapping]], path: str | Path, title:
     for label, history in runs.items():
         ax.plot([r["epoch"] for r in history], [r["test_error"] for r in history], marker="o", label=label)
     ax.set(xlabel="epoch", ylabel="test error (%)", yscale="log", title=title)
+    epoch_ticks(ax, [r["epoch"] for history in runs.values() for r in history])
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -18,9 +18,10 @@ def demo(
     epochs: int = 3,
     layers: int = 4,
     download: bool = False,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> list[dict]:
-    """Train one MNIST FCN with backprop, DNI and cDNI; print a table and write learning curves."""
+    """Train one MNIST FCN with backprop, DNI and cDNI; print a table and write learning curves. Progress bars on a
+    terminal only, unless `progress` says (True, False)."""
     out_dir = Path(out)
     base = TrainConfig(data_dir=data_dir, download=download, layers=layers, epochs=epochs)
     results = []

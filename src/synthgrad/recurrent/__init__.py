@@ -5,36 +5,47 @@ Vocabulary, beside the package glossary:
     core      a recurrent module with `initial_state(batch)` and `step(x_t, state)`; its state is a tuple of
               tensors ((h, c) for `LSTMCore`).
     chunk     T consecutive steps trained by one backward pass (truncated BPTT).
-    boundary  the state between two chunks; a `BoundarySynthesizer` predicts the gradient of the future loss
-              there, trained on the bootstrapped target delivered by the next chunk.
+    boundary  the state between two chunks; its `Interface` holds a `BoundarySynthesizer` M that predicts the
+              gradient of the future loss there, M's optimizer, and the target rule M regresses onto
+              (`Bootstrap`: the paper's, delivered by the next chunk; `TrueGradient`; `LambdaReturn`).
 
 A trainer is a thin loop over `TruncatedBPTT.train_chunk` (streams, e.g. PTB) or `train_sequence`
 (episodes, e.g. Copy):
 
     >>> core = LSTMCore(CopyTask.input_size, 256)
-    >>> trainer = TruncatedBPTT(core, nn.Linear(256, 8), bce_step_loss, lambda p: torch.optim.Adam(p, 1e-3),
-    ...                         T=3, method="dni")
+    >>> boundary = Interface(BoundarySynthesizer.for_core(core), adam(1e-3), rule=Bootstrap(discount=1.0))
+    >>> trainer = TruncatedBPTT(core, nn.Linear(256, 8), bce_step_loss, adam(1e-3), T=3, boundary=boundary)
     >>> batch = CopyTask().sample(32, curriculum.length, generator)
     >>> stats = trainer.train_sequence(batch.inputs, batch.targets, batch.mask)
+
+Files: `cells.py` (cores, state, trace Jacobians), `chunk.py` (unroll, chunk stats), `boundary.py` (the parts
+of a method), `sequence_targets.py` (exact and λ-return targets), `bptt.py` (`TruncatedBPTT`), `tasks.py`
+(data), `task_config.py` (`RecurrentConfig`), `runner.py` (`train_recurrent`) with one loop per task
+(`copy_loop.py`, `ptb_loop.py`, `multinet_loop.py`; the two networks: `multinet.py`) on `budget.py`.
 """
 
-from synthgrad.recurrent.core import (
+from synthgrad.recurrent.boundary import (
+    AuxTask,
     BoundarySynthesizer,
+    RecurrentMethod,
+    SynthesizerTarget,
+    boundary_rule,
+    method_parts,
+)
+from synthgrad.recurrent.bptt import TruncatedBPTT
+from synthgrad.recurrent.cells import (
     CellPath,
-    ChunkStats,
     Diagonal,
     LSTMCore,
     RecurrentCore,
-    RecurrentMethod,
-    SynthesizerTarget,
     TraceJacobian,
-    TruncatedBPTT,
     flatten_state,
     state_shapes,
-    true_future_gradients,
     unflatten_state,
-    unroll,
 )
+from synthgrad.recurrent.chunk import ChunkStats, unroll
+from synthgrad.recurrent.sequence_targets import lambda_returns, true_future_gradients
+from synthgrad.recurrent.task_config import RecurrentConfig, RecurrentTask, RepeatCurriculum
 from synthgrad.recurrent.tasks import (
     CharCorpus,
     CopyTask,
@@ -58,6 +69,7 @@ from synthgrad.recurrent.tasks import (
 )
 
 __all__ = [
+    "AuxTask",
     "BoundarySynthesizer",
     "CellPath",
     "CharCorpus",
@@ -68,9 +80,12 @@ __all__ = [
     "LSTMCore",
     "MultiNetBatch",
     "MultiNetTask",
+    "RecurrentConfig",
     "RecurrentCore",
     "RecurrentMethod",
+    "RecurrentTask",
     "RepeatCopyTask",
+    "RepeatCurriculum",
     "SequenceBatch",
     "SynthesizerTarget",
     "TraceJacobian",
@@ -80,10 +95,13 @@ __all__ = [
     "bce_step_loss",
     "bit_errors_by_step",
     "bits_per_character",
+    "boundary_rule",
     "char_step_loss",
     "evaluate_bpc",
     "flatten_state",
+    "lambda_returns",
     "load_ptb_chars",
+    "method_parts",
     "ptb_char_path",
     "sequence_bit_errors",
     "sequence_cost_bits",

@@ -34,37 +34,29 @@ episodes, first reaches `target_accuracy`.
 
 [Note: what the synthetic gradient adds here]
     A's own task already asks for the count B sums, so a DNI whose synthesizer stays at zero (A trained on its
-    own task alone, every T steps) also helps B. `benchmarks/multinet.py` measures it beside the other two (T = 4,
-    64 units, batch 32, Adam 1e-3, 3 seeds, A-steps until B's moving accuracy reaches 90%): locked 38,560, DNI
-    18,928 (0.49×; per seed 0.49 / 0.47 / 0.54), DNI with the synthesizer frozen at zero 15,856 (0.41×). So the
-    speed-up comes from unlocking A's updates (T times as many); the learned synthetic gradient costs A a little
-    here instead of helping (why is not measured; a guess: its early predictions are noise next to A's own loss).
-    An earlier definition (until 2026-11-22: no task of A's own; B counted the odd digits of one window from the
-    sum of its messages) learned slowly with the DNI (61.6% after 120k A-steps against the locked system's 90%
-    at 6k): a synthesizer that sees one message can only predict the gradient expected given that one digit.
+    own task alone, every T steps) also helps B; `benchmarks/multinet.py` measures that variant beside the other
+    two. On this task the speed-up comes from unlocking A's updates (T times as many), and the learned synthetic
+    gradient costs A a little (measurements and the earlier definition of the task: reports/recurrent/notes.md,
+    "Two networks").
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from synthgrad.core import synthesizer_loss, to_module_grad, to_synthesizer_units
-from synthgrad.decoupled import adam
+from synthgrad.core import to_module_grad, to_synthesizer_units
 from synthgrad.errors import ConfigError
-from synthgrad.recurrent.core import LSTMCore, RecurrentMethod, State
-from synthgrad.recurrent.run import Session, plot_curves
-from synthgrad.recurrent.tasks import MultiNetBatch, MultiNetTask
+from synthgrad.interface import Interface, TrueGradient
+from synthgrad.optim import adam
+from synthgrad.recurrent.boundary import RecurrentMethod
+from synthgrad.recurrent.cells import LSTMCore, State
+from synthgrad.recurrent.tasks import MultiNetBatch
 from synthgrad.synthesizers import SynthesizerKind, SynthesizerSpec
-
-if TYPE_CHECKING:
-    from synthgrad.data import ImageDataset
-    from synthgrad.recurrent.train import RecurrentConfig
 
 PIXELS = 28 * 28
 EMBED = 64  # A's digit encoder width: enough for a linear read of the digit class, small next to the LSTM
@@ -136,8 +128,10 @@ def _right(logits: Tensor, target: Tensor) -> int:
 class MultiNetSystem(nn.Module):
     """Networks A and B, trained locked ("bptt") or with a DNI on the A→B message ("dni"); see the module doc.
 
-    `a_steps` is the clock (A-steps taken), `a_updates` counts A's optimizer steps: a_updates = a_steps / T² when
-    locked, a_steps / T with the DNI. B updates once per episode (every T² steps) either way.
+    The DNI is an `Interface` on the message (`message`): a linear, zero-initialised synthesizer trained by Adam
+    onto B's true gradient of each message (rule `TrueGradient()`). `a_steps` is the clock (A-steps taken),
+    `a_updates` counts A's optimizer steps: a_updates = a_steps / T² when locked, a_steps / T with the DNI. B
+    updates once per episode (every T² steps) either way.
     """
 
     def __init__(
@@ -157,13 +151,23 @@ class MultiNetSystem(nn.Module):
         self.T = T
         self.a = DigitReader(a_hidden, T + 1)
         self.b = Counter(a_hidden, b_hidden, T * T + 1)
-        dni = self.method is RecurrentMethod.DNI
-        self.synthesizer = SynthesizerSpec(SynthesizerKind.LINEAR).build((a_hidden,)) if dni else None
+        self.message: Interface | None = None
+        if self.method is RecurrentMethod.DNI:
+            synthesizer = SynthesizerSpec(SynthesizerKind.LINEAR).build((a_hidden,))
+            self.message = Interface(synthesizer, adam(synthesizer_lr or lr), rule=TrueGradient())
         self.a_optimizer = adam(lr)(self.a.parameters())
         self.b_optimizer = adam(lr)(self.b.parameters())
-        self.synthesizer_optimizer = adam(synthesizer_lr or lr)(self.synthesizer.parameters()) if dni else None
         self.a_steps = 0
         self.a_updates = 0
+
+    @property
+    def synthesizer(self) -> nn.Module | None:
+        """The message interface's synthesizer M (None when locked)."""
+        return self.message.synthesizer if self.message is not None else None
+
+    @property
+    def synthesizer_optimizer(self) -> torch.optim.Optimizer | None:
+        return self.message.optimizer if self.message is not None else None
 
     def _windows(self, batch: MultiNetBatch) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
         """(digits (T, B, 784), A's target (B,), B's target (B,)) for each window of the episode."""
@@ -174,7 +178,7 @@ class MultiNetSystem(nn.Module):
 
     def train_episode(self, batch: MultiNetBatch) -> EpisodeStats:
         """Train on one episode (T² steps of `batch.inputs.shape[1]` streams)."""
-        return self._episode_locked(batch) if self.synthesizer is None else self._episode_dni(batch)
+        return self._episode_locked(batch) if self.message is None else self._episode_dni(batch)
 
     def _episode_locked(self, batch: MultiNetBatch) -> EpisodeStats:
         size = batch.inputs.shape[1]
@@ -195,7 +199,7 @@ class MultiNetSystem(nn.Module):
         )
 
     def _episode_dni(self, batch: MultiNetBatch) -> EpisodeStats:
-        assert self.synthesizer is not None and self.synthesizer_optimizer is not None
+        assert self.message is not None
         size = batch.inputs.shape[1]
         a_state, b_state = self.a.initial_state(size), self.b.initial_state(size)
         a_loss, sent, b_losses = 0.0, [], []
@@ -203,7 +207,7 @@ class MultiNetSystem(nn.Module):
             a_logits, message, a_state = self.a.window(xs, a_state)
             own = F.cross_entropy(a_logits, a_target)
             with torch.no_grad():
-                synthetic = self.synthesizer(message.detach())  # ĝ_k (B, H), per-example units
+                synthetic = self.message.predict(message.detach())  # ĝ_k (B, H), per-example units
             # A's update: its own loss and ĝ_k, through this window only; B has not seen m_k yet.
             self.a_steps += self.T
             torch.autograd.backward([own, message], [None, to_module_grad(synthetic)])
@@ -222,13 +226,10 @@ class MultiNetSystem(nn.Module):
         targets = torch.stack([to_synthesizer_units(m.grad) for m in sent])  # B·∂L_B/∂m_k (T, B, H): M's targets
         # M reads detached messages, so its loss reaches M only; rows are (window, example) pairs: the mean over
         # the episode's windows of `synthesizer_loss` at each.
-        sg_loss = synthesizer_loss(self.synthesizer(messages.flatten(0, 1)), targets.flatten(0, 1))
-        sg_loss.backward()
-        _step(self.synthesizer_optimizer)
+        sg_loss, _ = self.message.regress(self.message.predict(messages.flatten(0, 1)), targets.flatten(0, 1))
         return EpisodeStats(
-            a_loss, b_loss.item(), _right(a_logits, a_target), _right(b_logits, b_target), size, self.a_steps,
-            sg_loss.item(),
-        )  # fmt: skip
+            a_loss, b_loss.item(), _right(a_logits, a_target), _right(b_logits, b_target), size, self.a_steps, sg_loss
+        )
 
     @torch.no_grad()
     def accuracy(self, batch: MultiNetBatch) -> tuple[int, int, int]:
@@ -242,24 +243,23 @@ class MultiNetSystem(nn.Module):
         return _right(a_logits, batch.a_counts[-1]), _right(b_logits, batch.b_counts[-1]), size
 
     def training_state(self) -> dict:
-        opts = (self.a_optimizer, self.b_optimizer, self.synthesizer_optimizer)
         return {
             "model": self.state_dict(),
-            "optimizers": [o.state_dict() if o is not None else None for o in opts],
+            "optimizers": [self.a_optimizer.state_dict(), self.b_optimizer.state_dict()],
+            "message": self.message.training_state() if self.message is not None else None,
             "a_steps": self.a_steps,
             "a_updates": self.a_updates,
         }
 
     def load_training_state(self, state: dict) -> None:
         self.load_state_dict(state["model"])
-        opts = (self.a_optimizer, self.b_optimizer, self.synthesizer_optimizer)
-        for opt, s in zip(opts, state["optimizers"], strict=True):
-            if opt is not None:
-                opt.load_state_dict(s)
+        for opt, s in zip((self.a_optimizer, self.b_optimizer), state["optimizers"], strict=True):
+            opt.load_state_dict(s)
+        if self.message is not None:
+            self.message.load_training_state(state["message"])
         self.a_steps, self.a_updates = state["a_steps"], state["a_updates"]
 
 
-# ---------------------------------------------------------------------------------------------- the training loop
 def moving_accuracy(recent: list[float], correct: float, window: int) -> list[float]:
     """The last `window` per-episode accuracies, `correct` (B's, at the episode's last tick) appended."""
     return [*recent, correct][-window:]
@@ -268,80 +268,3 @@ def moving_accuracy(recent: list[float], correct: float, window: int) -> list[fl
 def at_target(recent: list[float], window: int, target: float) -> bool:
     """The definition of `steps_to_target`: a full window of episodes whose mean accuracy is at least `target`."""
     return len(recent) == window and sum(recent) / window >= target
-
-
-def train_multinet(cfg: RecurrentConfig, session: Session, dataset: ImageDataset, ckpt: dict | None) -> dict:
-    """Train the system on episodes from the training digits until the budget is spent; returns the task's
-    part of the summary. A sample is one digit read by A (B per A-step); a row every `cfg.log_every` samples."""
-    task = MultiNetTask.from_dataset(dataset, split="train", T=cfg.T)
-    torch.manual_seed(cfg.seed)
-    system = MultiNetSystem(
-        cfg.T, method=cfg.method, a_hidden=cfg.hidden_size, b_hidden=cfg.hidden_size, lr=cfg.lr,
-        synthesizer_lr=cfg.synthesizer_lr,
-    )  # fmt: skip
-    generator = torch.Generator().manual_seed(cfg.seed)
-    st: dict = {"recent": [], "recent_a": [], "steps_to_target": None, "sums": _zero_sums()}
-    if ckpt is not None:
-        system.load_training_state(ckpt["training"])
-        st = ckpt["task"]
-        generator.set_state(st.pop("generator"))
-    while not session.exhausted():
-        batch = task.sample(cfg.batch_size, generator)
-        ep = system.train_episode(batch)
-        session.check_finite(ep.b_loss, "B's loss")
-        session.check_finite(ep.a_loss, "A's loss")
-        st["recent"] = moving_accuracy(st["recent"], ep.b_correct / ep.batch, cfg.accuracy_window)
-        st["recent_a"] = moving_accuracy(st["recent_a"], ep.a_correct / ep.batch, cfg.accuracy_window)
-        moving = sum(st["recent"]) / len(st["recent"])
-        if st["steps_to_target"] is None and at_target(st["recent"], cfg.accuracy_window, cfg.target_accuracy):
-            st["steps_to_target"] = ep.a_steps
-        sums = st["sums"]
-        sums["episodes"] += 1
-        sums["a_loss"] += ep.a_loss
-        sums["b_loss"] += ep.b_loss
-        if ep.sg_loss is not None:
-            sums["sg_loss"] += ep.sg_loss
-        session.postfix(acc=f"{moving:.3f}")
-        if session.advance(batch.inputs.shape[0] * batch.inputs.shape[1]):
-            n = sums["episodes"]
-            session.record(
-                {
-                    "a_steps": system.a_steps,
-                    "a_updates": system.a_updates,
-                    "accuracy": moving,
-                    "a_accuracy": sum(st["recent_a"]) / len(st["recent_a"]),
-                    "a_loss": sums["a_loss"] / n,
-                    "b_loss": sums["b_loss"] / n,
-                    "sg_loss": sums["sg_loss"] / n if system.synthesizer is not None else None,
-                }
-            )
-            st["sums"] = _zero_sums()
-            session.checkpoint(system.training_state(), {**st, "generator": generator.get_state()})
-    session.checkpoint(system.training_state(), {**st, "generator": generator.get_state()})
-    test = MultiNetTask.from_dataset(dataset, split="test", T=cfg.T)
-    test_gen = torch.Generator().manual_seed(cfg.seed + 1)
-    counts = [system.accuracy(test.sample(cfg.batch_size, test_gen)) for _ in range(TEST_EPISODES)]
-    plot_curves(
-        session.progress.history, session.out / "learning_curve.png", x="a_steps",
-        ys=[("accuracy", "B: 3s in the last T² steps"), ("a_accuracy", "A: 3s in its window")],
-        xlabel="A steps", ylabel=f"training accuracy over the last {cfg.accuracy_window} episodes",
-        title=f"two networks, {cfg.method.value}, T={cfg.T}",
-    )  # fmt: skip
-    total = sum(n for *_, n in counts)
-    return {
-        "steps_to_target": st["steps_to_target"],
-        "target_accuracy": cfg.target_accuracy,
-        "accuracy_window": cfg.accuracy_window,
-        "final_accuracy": sum(st["recent"]) / len(st["recent"]) if st["recent"] else None,
-        "test_accuracy": sum(b for _, b, _ in counts) / total,
-        "test_a_accuracy": sum(a for a, _, _ in counts) / total,
-        "a_steps": system.a_steps,
-        "a_updates": system.a_updates,
-    }
-
-
-TEST_EPISODES = 100  # test-split episodes of `batch_size` streams scored at the end (3,200 streams by default)
-
-
-def _zero_sums() -> dict:
-    return {"episodes": 0, "a_loss": 0.0, "b_loss": 0.0, "sg_loss": 0.0}

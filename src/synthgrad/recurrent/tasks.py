@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from synthgrad.data.mnist import ImageDataset
 from synthgrad.data.ptb import PTB_SPLITS, CharCorpus, load_ptb_chars, ptb_char_path, read_char_symbols  # noqa: F401
 from synthgrad.errors import ConfigError, DataError
-from synthgrad.recurrent.core import RecurrentCore
+from synthgrad.recurrent.cells import RecurrentCore
 
 BITS = 8  # width of the random binary vectors (NTM paper)
 LN2 = math.log(2.0)
@@ -187,7 +187,7 @@ class Curriculum:
 
 @dataclass
 class TwoAxisCurriculum(Curriculum):
-    """Repeat Copy's curriculum on both axes ([Note: Repeat Copy curriculum] in train.py): the length L and the
+    """Repeat Copy's curriculum on both axes ([Note: Repeat Copy curriculum] in copy_loop.py): the length L and the
     number of repeats N start at 1 and grow in turn, L first — (1, 1), (2, 1), (2, 2), (3, 2), … — with N held
     at `max_repeats` once it gets there; the score is the largest N·L solved (the vectors in the output).
     """
