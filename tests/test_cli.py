@@ -247,3 +247,10 @@ def test_the_cli_offers_every_synthesizer_kind() -> None:
     from synthgrad.synthesizers import SynthesizerKind
 
     assert [k.value for k in SynthesizerKind] == SYNTHESIZER_KINDS
+
+
+def test_a_recurrent_experiment_file_runs_by_its_name(capfd, tmp_path):
+    code, out, err = run_cli(capfd, "train", "--config", "copy_dni_T2", "--max-samples", "64", "--out", tmp_path / "r",
+                             "--threads", "1", "--no-progress")  # fmt: skip
+    assert code == 0, err
+    assert out.startswith("copy dni T=2:")

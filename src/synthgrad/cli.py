@@ -190,7 +190,7 @@ def _experiment_file(load, name: str) -> dict:
 def _cmd_train(args: argparse.Namespace) -> int:
     from synthgrad.training import train
 
-    if args.task is not None:
+    if args.task is not None or (args.config and _recurrent_experiment(args.config)):
         return _cmd_train_recurrent(args)
     for flag, _, _ in _RECURRENT_OPTIONS:
         if getattr(args, flag.removeprefix("--").replace("-", "_")) is not None:
@@ -202,6 +202,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
         f"({summary['wall_time_s']:.1f}s); results in {cfg.out}"
     )
     return 0
+
+
+def _recurrent_experiment(name: str) -> bool:
+    """Whether `--config NAME` names a recurrent experiment file (a shipped one, or a file with a `task` key)."""
+    from synthgrad.config import load_config_file
+    from synthgrad.recurrent.task_config import experiment_names
+
+    if name.removeprefix("recurrent/").removesuffix(".toml") in experiment_names():
+        return True
+    return os.path.isfile(name) and "task" in load_config_file(name)
 
 
 def _cmd_train_recurrent(args: argparse.Namespace) -> int:

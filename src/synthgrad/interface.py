@@ -72,7 +72,7 @@ class TrueGradient:
 
 @dataclass(frozen=True)
 class LambdaReturn:
-    """TD(μ) synthesizer traces over a recurrent sequence ([Note: synthesizer traces] in recurrent/bptt.py)."""
+    """TD(μ) synthesizer traces on a recurrent sequence ([Note: synthesizer traces], recurrent/sequence_targets.py)."""
 
     discount: float = 1.0
     decay: float = 1.0  # μ in [0, 1]; 0 is the plain bootstrap with one step of M per sequence
