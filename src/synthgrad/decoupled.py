@@ -243,6 +243,17 @@ def cut(model: nn.Sequential | Sequence[nn.Module], cuts: Sequence[int] | None) 
 SynthesizerChoice = SynthesizerSpec | Callable[[tuple[int, ...]], nn.Module | None] | None
 
 
+def _synthesizer(choice: SynthesizerChoice, in_shape: tuple[int, ...], context_dim: int) -> nn.Module | None:
+    """The synthesizer of a cut of per-example shape `in_shape`: the callable's, the spec's, or the default
+    (a conv synthesizer for feature maps, else `SynthesizerSpec()`: the paper's MLP, token-wise on (T, D))."""
+    if callable(choice) and not isinstance(choice, SynthesizerSpec):
+        return choice(in_shape)
+    spec = choice
+    if spec is None:
+        spec = SynthesizerSpec(SynthesizerKind.CONV, (128, 128)) if len(in_shape) == 3 else SynthesizerSpec()
+    return spec.build(in_shape, context_dim=context_dim)
+
+
 def decouple(
     model: nn.Sequential | Sequence[nn.Module],
     example_input: Tensor,
@@ -286,16 +297,7 @@ def decouple(
     """
     blocks = cut(model, cuts)
     shapes = infer_shapes(blocks, example_input)
-
-    def build(in_shape: tuple[int, ...]) -> nn.Module | None:
-        if callable(synthesizer) and not isinstance(synthesizer, SynthesizerSpec):
-            return synthesizer(in_shape)
-        spec = synthesizer
-        if spec is None:
-            spec = SynthesizerSpec(SynthesizerKind.CONV, (128, 128)) if len(in_shape) == 3 else SynthesizerSpec()
-        return spec.build(in_shape, context_dim=context_dim)
-
-    synths = [build(s) for s in shapes[:-1]]
+    synths = [_synthesizer(synthesizer, s, context_dim) for s in shapes[:-1]]
     input_synths = None
     if unlock:
         ispec = input_synthesizer or SynthesizerSpec(SynthesizerKind.MLP, (1024,))

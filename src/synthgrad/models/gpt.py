@@ -7,7 +7,7 @@
     head        (B, T, D) -> (B, T, V) logits: LN, then Linear
 
 so `decouple(model, ids, loss_fn=lm_loss)` puts a cut after the embedding and after every block; every cut is a
-(T, D) activation, the shape the token-wise synthesizers read (synthgrad/synthesizers.py). Attention is causal
+(T, D) activation, the shape the token-wise synthesizers read (synthgrad/synthesizers/tokens.py). Attention is causal
 `scaled_dot_product_attention`; positions are learned (added to the token embedding) or rotary (applied to
 queries and keys in every block, Su et al. 2021, "RoFormer", arXiv 2104.09864). Every layer acts on each example
 alone (LayerNorm, no batch norm), so a step does not mix the examples of a batch.
@@ -185,7 +185,7 @@ def lm_loss(logits: Tensor, targets: Tensor) -> Tensor:
 
     Returns:
         scalar. Bits per token (BPC for characters) is this / ln 2. With `decouple`, the chain's per-example
-        units treat a sequence as an example ([Note: SG units for tokens] in synthgrad/synthesizers.py).
+        units treat a sequence as an example ([Note: SG units for tokens] in synthgrad/synthesizers/tokens.py).
     """
     if logits.dim() != 3 or targets.shape != logits.shape[:2]:
         raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)}: expected (B, T, V), (B, T)")

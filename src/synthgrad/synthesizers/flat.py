@@ -1,0 +1,120 @@
+"""Synthesizers of one example as a whole: linear, low-rank and MLP maps of the flattened example (with the
+label concatenated for cDNI), and conv maps of (C, H, W) feature maps."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from synthgrad.synthesizers.base import Synthesizer, numel, zero_init_
+
+
+class MLPSynthesizer(Synthesizer):
+    """Flatten → [Linear → (BN) → ReLU] × len(hidden) → Linear (zero-initialised) → reshape.
+
+    With ``hidden=()`` this is the linear synthesizer of cDNI (PAPER.md §2: "linear on [h, one-hot y]");
+    the DNI synthesizer of the paper is ``hidden=(1024, 1024), batch_norm=True``. The context is concatenated
+    to the flattened source.
+    """
+
+    def __init__(
+        self,
+        in_shape: Sequence[int],
+        out_shape: Sequence[int] | None = None,
+        *,
+        hidden: Sequence[int] = (),
+        batch_norm: bool = True,
+        context_dim: int = 0,
+    ) -> None:
+        out_shape = in_shape if out_shape is None else out_shape
+        super().__init__(in_shape, out_shape, context_dim)
+        layers: list[nn.Module] = []
+        width = numel(self.in_shape) + context_dim
+        for h in hidden:
+            layers.append(nn.Linear(width, h, bias=not batch_norm))
+            if batch_norm:
+                layers.append(nn.BatchNorm1d(h))
+            layers.append(nn.ReLU())
+            width = h
+        self.hidden = nn.Sequential(*layers)
+        self.out = zero_init_(nn.Linear(width, numel(self.out_shape)))
+
+    def _predict(self, source: Tensor, context: Tensor | None) -> Tensor:
+        z = source.flatten(1)  # (B, prod(in_shape))
+        if context is not None:
+            z = torch.cat([z, context.to(z.dtype)], dim=1)  # (B, prod(in_shape) + C)
+        return self.out(self.hidden(z)).view(source.shape[0], *self.out_shape)
+
+
+def LinearSynthesizer(  # noqa: N802 - a constructor, named like a class on purpose
+    in_shape: Sequence[int], out_shape: Sequence[int] | None = None, *, context_dim: int = 0
+) -> MLPSynthesizer:
+    """A single zero-initialised linear map from [flatten(source), context] to the prediction."""
+    return MLPSynthesizer(in_shape, out_shape, hidden=(), context_dim=context_dim)
+
+
+class LowRankSynthesizer(Synthesizer):
+    """Linear map of rank `rank`: [flatten(source), context] → Linear(·, rank) → Linear(rank, out), zero-init.
+
+    On a cut of width D the cost is 2·D·rank instead of D² for the full linear synthesizer, which keeps the
+    synthesizer a small fraction of a wide stage's work (the parallel runtime's default). A linear synthesizer
+    is what [USG] analyses; the bottleneck only limits its rank.
+    """
+
+    def __init__(
+        self, in_shape: Sequence[int], out_shape: Sequence[int] | None = None, *, rank: int = 64, context_dim: int = 0
+    ) -> None:
+        out_shape = in_shape if out_shape is None else out_shape
+        super().__init__(in_shape, out_shape, context_dim)
+        self.down = nn.Linear(numel(self.in_shape) + context_dim, rank, bias=False)
+        self.out = zero_init_(nn.Linear(rank, numel(self.out_shape)))
+
+    def _predict(self, source: Tensor, context: Tensor | None) -> Tensor:
+        z = source.flatten(1)  # (B, D)
+        if context is not None:
+            z = torch.cat([z, context.to(z.dtype)], dim=1)  # (B, D + C)
+        return self.out(self.down(z)).view(source.shape[0], *self.out_shape)  # (B, *out_shape)
+
+
+class ConvSynthesizer(Synthesizer):
+    """For feature maps (C, H, W): [Conv k×k → (BN) → ReLU] × len(hidden) → Conv k×k to C (zero-initialised).
+
+    PAPER.md §2: two hidden conv layers of 128 5×5 filters then a 5×5 conv. Padding keeps H×W. The context
+    (one-hot label) enters as extra constant input channels, broadcast over H×W.
+    """
+
+    def __init__(
+        self,
+        in_shape: Sequence[int],
+        out_shape: Sequence[int] | None = None,
+        *,
+        hidden: Sequence[int] = (128, 128),
+        kernel_size: int = 5,
+        batch_norm: bool = True,
+        context_dim: int = 0,
+    ) -> None:
+        out_shape = in_shape if out_shape is None else out_shape
+        if len(in_shape) != 3 or len(out_shape) != 3 or tuple(in_shape[1:]) != tuple(out_shape[1:]):
+            raise ValueError(f"ConvSynthesizer maps (C,H,W) to (C',H,W); got {in_shape} -> {out_shape}")
+        super().__init__(in_shape, out_shape, context_dim)
+        pad = kernel_size // 2
+        layers: list[nn.Module] = []
+        ch = in_shape[0] + context_dim
+        for h in hidden:
+            layers.append(nn.Conv2d(ch, h, kernel_size, padding=pad, bias=not batch_norm))
+            if batch_norm:
+                layers.append(nn.BatchNorm2d(h))
+            layers.append(nn.ReLU())
+            ch = h
+        self.hidden = nn.Sequential(*layers)
+        self.out = zero_init_(nn.Conv2d(ch, out_shape[0], kernel_size, padding=pad))
+
+    def _predict(self, source: Tensor, context: Tensor | None) -> Tensor:
+        z = source  # (B, C, H, W)
+        if context is not None:
+            b, _, hgt, wid = source.shape
+            planes = context.to(z.dtype)[:, :, None, None].expand(b, -1, hgt, wid)  # (B, K, H, W)
+            z = torch.cat([z, planes], dim=1)
+        return self.out(self.hidden(z))
