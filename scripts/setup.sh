@@ -24,3 +24,4 @@ fi
 .venv/bin/python -c "import torch; assert torch.__version__.startswith('$TORCH_VERSION'), torch.__version__"
 echo "$want" > "$stamp"
 echo "synthgrad set up in .venv (torch $(.venv/bin/python -c 'import torch; print(torch.__version__)'))"
+echo "To use the synthgrad command in this shell: source .venv/bin/activate   (then: synthgrad --help)"

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 import torch
+
+from synthgrad.data import resolve_data_dir
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -15,9 +16,9 @@ torch.set_num_threads(1)
 
 
 def shared_data_dir() -> Path | None:
-    """The read-only data directory: $SYNTHGRAD_DATA_DIR, else ../shared/data beside the checkout."""
-    env = os.environ.get("SYNTHGRAD_DATA_DIR")
-    path = Path(env) if env else REPO.parent / "shared" / "data"
+    """The real data, found as every entry point finds it (`resolve_data_dir`: $SYNTHGRAD_DATA_DIR, else
+    ../shared/data beside the checkout, else ~/.cache/synthgrad/data), or None."""
+    path = resolve_data_dir(None)
     return path if path.is_dir() else None
 
 

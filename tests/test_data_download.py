@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
-import os
 import pickle
 import tarfile
 from pathlib import Path
@@ -14,12 +13,12 @@ import numpy as np
 import pytest
 
 from synthgrad.data import download as dl
-from synthgrad.data import load_cifar10
+from synthgrad.data import load_cifar10, resolve_data_dir
 from synthgrad.data.download import download_cifar10, download_mnist, extract_tar_safely, fetch
 from synthgrad.data.idx import read_idx
 from synthgrad.errors import DataError
 
-REAL_MNIST = Path(os.environ.get("SYNTHGRAD_DATA_DIR") or Path(__file__).parents[1].parent / "shared" / "data")
+REAL_MNIST = resolve_data_dir(None)  # the lookup of every entry point
 PAYLOAD = b"synthetic gradients " * 1000
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import os
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,7 @@ from synthgrad.data.idx import write_idx
 from synthgrad.data.mnist import MNIST_NAMES, find_mnist_files
 from synthgrad.errors import DataError
 
-REAL_ROOT = Path(os.environ.get("SYNTHGRAD_DATA_DIR") or Path(__file__).parents[1].parent / "shared" / "data")
+REAL_ROOT = resolve_data_dir(None)  # the lookup of every entry point
 
 
 def make_fake_mnist(directory: Path, *, n_train=12, n_test=5, hw=(28, 28), gz=True, seed=0) -> dict:
@@ -170,11 +169,20 @@ def test_download_fetches_only_missing_files(tmp_path, monkeypatch):
 
 
 def test_resolve_data_dir(monkeypatch, tmp_path):
+    """--data-dir, then $SYNTHGRAD_DATA_DIR, then ../shared/data beside a source checkout, then the cache."""
+    import synthgrad.data
+
     monkeypatch.setenv("SYNTHGRAD_DATA_DIR", str(tmp_path / "env"))
     assert resolve_data_dir("some/dir") == Path("some/dir")
     assert resolve_data_dir(None) == tmp_path / "env"
     monkeypatch.setenv("SYNTHGRAD_DATA_DIR", "")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    checkout = tmp_path / "work" / "synthgrad"
+    monkeypatch.setattr(synthgrad.data, "source_checkout", lambda: checkout)
+    assert resolve_data_dir(None) == tmp_path / "home" / ".cache" / "synthgrad" / "data"  # no ../shared/data
+    (tmp_path / "work" / "shared" / "data").mkdir(parents=True)
+    assert resolve_data_dir(None) == tmp_path / "work" / "shared" / "data"
+    monkeypatch.setattr(synthgrad.data, "source_checkout", lambda: None)  # installed from a wheel
     assert resolve_data_dir(None) == tmp_path / "home" / ".cache" / "synthgrad" / "data"
     assert resolve_data_dir("~/x") == tmp_path / "home" / "x"
 

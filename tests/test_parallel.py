@@ -102,6 +102,8 @@ def test_lockstep_equals_in_process(data, tmp_path, method, stages, extra_args, 
     summary = json.loads((out / "summary.json").read_text())
     assert all(s["max_staleness_seen"] == 0 for s in summary["per_stage"])
     assert not (out / "checkpoint-r0-1.pt").exists()  # older checkpoints are removed once a newer one is complete
+    rows = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]  # as `train` writes them
+    assert len(rows) == 2 and all(r["train_loss"] > 0 and 0 <= r["test_error"] <= 100 for r in rows)
 
 
 @pytest.mark.parametrize(
@@ -154,10 +156,10 @@ def _rank_of(pid: int) -> int | None:
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs /proc to find the stage processes")
-@pytest.mark.parametrize("victim", [1, 0])
-def test_killed_stage_stops_the_job_and_resume_continues(data, tmp_path, victim) -> None:
+@pytest.mark.parametrize(("victim", "method"), [(1, "dni"), (0, "cdni")])
+def test_killed_stage_stops_the_job_and_resume_continues(data, tmp_path, victim, method) -> None:
     out = tmp_path / "run"
-    args = ["parallel", "--stages", 2, "--method", "dni", "--data-dir", data, "--out", out, *SMALL, "--epochs", 400]
+    args = ["parallel", "--stages", 2, "--method", method, "--data-dir", data, "--out", out, *SMALL, "--epochs", 400]
     job = subprocess.Popen([sys.executable, "-m", "synthgrad.cli", *map(str, args)], env=ENV, cwd=REPO,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     deadline = time.monotonic() + 90
@@ -177,13 +179,13 @@ def test_killed_stage_stops_the_job_and_resume_continues(data, tmp_path, victim)
     for name in meta["files"]:
         load_checkpoint(out / name)  # intact
     done = meta["progress"]["epoch"]
-    r = cli("parallel", "--stages", 2, "--method", "dni", "--data-dir", data, "--out", out, *SMALL,
+    r = cli("parallel", "--stages", 2, "--method", method, "--data-dir", data, "--out", out, *SMALL,
             "--epochs", done + 1, "--resume")  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert json.loads((out / "checkpoint.json").read_text())["progress"]["epoch"] == done + 1
     # The resumed run ends where an uninterrupted one does: stages, in-flight folds and targets all restored.
     whole = tmp_path / "whole"
-    r = cli("parallel", "--stages", 2, "--method", "dni", "--data-dir", data, "--out", whole, *SMALL,
+    r = cli("parallel", "--stages", 2, "--method", method, "--data-dir", data, "--out", whole, *SMALL,
             "--epochs", done + 1)  # fmt: skip
     assert r.returncode == 0, r.stderr
     for k in range(2):

@@ -70,6 +70,16 @@ def _seed(text: str) -> int:
     return v
 
 
+def _staleness(text: str) -> int | str:
+    """--max-staleness: a whole number, or 'auto'."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0 or auto, got {text!r}") from None
+
+
 def _int_tuple(text: str) -> tuple[int, ...]:
     """'1024,1024' -> (1024, 1024); '' or 'none' -> ()."""
     if text.strip().lower() in ("", "none"):
@@ -84,12 +94,12 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     """Every `TrainConfig` field as an option. Defaults are None so that only given options override."""
     g = p.add_argument_group("data")
     g.add_argument("--config", help="a TOML experiment file, or the name of a shipped one (synthgrad configs)")
-    g.add_argument("--dataset", choices=["mnist", "cifar10"])
+    g.add_argument("--dataset", choices=["mnist", "cifar10", "ptb-char", "ptb-word"], help="ptb-*: with --model gpt")
     g.add_argument("--data-dir", help="directory with the data files (default: $SYNTHGRAD_DATA_DIR)")
     g.add_argument("--download", action="store_true", default=None, help="download missing files (verified)")
     g.add_argument("--train-limit", type=_positive_int, help="use only the first N training examples")
     g = p.add_argument_group("model and method")
-    g.add_argument("--model", choices=["fcn", "cnn"])
+    g.add_argument("--model", choices=["fcn", "cnn", "gpt"], help="gpt: a decoder-only transformer on ptb-char/word")
     g.add_argument("--layers", type=int, help="N layers = N-1 hidden layers + the output layer")
     g.add_argument("--width", type=_positive_int, help="FCN units / CNN filters per layer")
     g.add_argument(
@@ -102,6 +112,13 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--update-prob", type=_real, help="update decoupling: each module updates with probability P")
     g.add_argument("--unlock", choices=["full"], help="complete unlock: synthetic inputs and gradients")
     g.add_argument("--fold-every", type=int, help="fold in the true gradient of every K-th batch (0: never)")
+    g.add_argument("--modules", type=int, help="decoupled modules in process (default: every layer; gpt: 2)")
+    g = p.add_argument_group("language model (--model gpt)")
+    g.add_argument("--context", type=int, help="T, tokens per window (default 64)")
+    g.add_argument("--heads", type=int, help="attention heads (default 4; must divide --width)")
+    g.add_argument("--positions", choices=["learned", "rotary"], help="position encoding (default learned)")
+    g.add_argument("--max-tokens", type=int, help="budget in training tokens (default: 6M unless --max-minutes)")
+    g.add_argument("--eval-tokens", type=int, help="training tokens between evaluations (default: 1/5 of the budget)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int)
     g.add_argument("--batch-size", type=int)
@@ -126,7 +143,12 @@ _RECURRENT_OPTIONS = [
     ("--hidden-size", int, "LSTM units; default per task"),
     ("--forget-bias", _real, "copy tasks, ptb-char: added to the LSTM's forget-gate bias at init (default 0)"),
     ("--max-samples", int, "budget: sequences (copy), characters (ptb-char) or digits read (multinet)"),
-    ("--max-minutes", _real, "budget in wall-clock minutes (--resume continues the remaining time)"),
+    (
+        "--max-minutes",
+        _real,
+        "budget in minutes: recurrent tasks wall-clock (--resume continues the remaining time); other runs "
+        "training time, evaluation excluded",
+    ),
     ("--aux-weight", _real, "weight of the DNI + Aux auxiliary loss; default per task (copy tasks 0.1, else 1)"),
     ("--discount", _real, "dni, dni-aux: λ on the synthetic gradient, in (0, 1] ([Note: discount]); default per task"),
     (
@@ -192,15 +214,40 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     if args.task is not None or (args.config and _recurrent_experiment(args.config)):
         return _cmd_train_recurrent(args)
+    import dataclasses
+
+    from synthgrad.config import TrainConfig
+
+    shared = {f.name for f in dataclasses.fields(TrainConfig)}  # --max-minutes: a budget of both
     for flag, _, _ in _RECURRENT_OPTIONS:
-        if getattr(args, flag.removeprefix("--").replace("-", "_")) is not None:
+        name = flag.removeprefix("--").replace("-", "_")
+        if name not in shared and getattr(args, name) is not None:
             raise ConfigError(f"{flag} is an option of recurrent training: add --task")
     cfg = config_from_args(args)
     summary = train(cfg, resume=args.resume, progress=False if args.no_progress else None)
+    if cfg.model == "gpt":
+        print(f"{_lm_result(summary)} ({summary['wall_time_s']:.1f}s); results in {cfg.out}")
+        return 0
     print(
         f"{summary['method']}: test error {summary['test_error']:.2f}% after {summary['epochs']} epochs "
         f"({summary['wall_time_s']:.1f}s); results in {cfg.out}"
     )
+    return 0
+
+
+def _lm_result(s: dict) -> str:
+    """A language model run's result in a few words."""
+    if "valid_bpc" in s:
+        score = f"valid {s['valid_bpc']:.3f}, test {s['test_bpc']:.3f} bits/char"
+    else:
+        score = f"valid {s['valid_ppl']:.1f}, test {s['test_ppl']:.1f} perplexity per word"
+    return f"{s['method']}: {score} after {s['tokens']:,} tokens"
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    from synthgrad.training.lm import sample_run
+
+    print(sample_run(args.out, args.prompt, tokens=args.tokens, temperature=args.temperature, seed=args.seed))
     return 0
 
 
@@ -211,7 +258,7 @@ def _recurrent_experiment(name: str) -> bool:
 
     if name.removeprefix("recurrent/").removesuffix(".toml") in experiment_names():
         return True
-    return os.path.isfile(name) and "task" in load_config_file(name)
+    return os.path.isfile(name) and "task" in _experiment_file(load_config_file, name)
 
 
 def _cmd_train_recurrent(args: argparse.Namespace) -> int:
@@ -244,15 +291,20 @@ def _cmd_parallel(args: argparse.Namespace) -> int:
     from synthgrad.parallel.runtime import env_rank_world
 
     cfg = config_from_args(args)
+    if args.target_accuracy is not None and args.target_bpc is not None:
+        raise ConfigError("--target-accuracy (images) and --target-bpc (gpt on ptb-char): give one")
     schedule = args.schedule or ("model-parallel" if cfg.method is Method.BACKPROP else "decoupled")
     pcfg = ParallelConfig(
         train=cfg,
         stages=args.stages,
         schedule=ScheduleKind(schedule),
-        max_staleness=args.max_staleness,
+        max_staleness=2 if args.max_staleness == "auto" else args.max_staleness,
+        staleness_auto=args.max_staleness == "auto",
+        link_delay_ms=args.link_delay_ms,
+        link_bandwidth=args.link_bandwidth,
         microbatches=args.microbatches,
         eval_every=args.eval_every,
-        target_error=None if args.target_accuracy is None else 100.0 - args.target_accuracy,
+        target_error=args.target_bpc if args.target_accuracy is None else 100.0 - args.target_accuracy,
         master_addr=args.master_addr,
         master_port=args.master_port,
         timeout_s=args.timeout,
@@ -269,7 +321,9 @@ def _cmd_parallel(args: argparse.Namespace) -> int:
 
     faulthandler.enable()  # a stage killed by a signal (a crash in C++) prints its Python stack first
     result = run_worker(pcfg, resume=args.resume, progress=False if args.no_progress else None)
-    if os.environ["RANK"] == "0":
+    if os.environ["RANK"] == "0" and cfg.model == "gpt":
+        print(f"{pcfg.schedule.value} ({_lm_result(result)}, {pcfg.stages} stages); results in {cfg.out}")
+    elif os.environ["RANK"] == "0":
         sps = result.get("samples_per_s")
         print(
             f"{pcfg.schedule.value} ({cfg.method.value}, {pcfg.stages} stages): test error "
@@ -288,8 +342,12 @@ def _cmd_configs(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    from synthgrad.config import TrainConfig
     from synthgrad.experiments.demo import demo
+    from synthgrad.experiments.feedforward_report import METHODS
 
+    for method in METHODS:  # every run's values, before the first run trains
+        TrainConfig(method=method, layers=args.layers, epochs=args.epochs).validate()
     demo(
         data_dir=args.data_dir,
         out=args.out,
@@ -415,7 +473,20 @@ def build_parser() -> argparse.ArgumentParser:
         "per rank in a loop; zbv, dualpipev: 2 per rank in a V)",
     )
     g.add_argument(
-        "--max-staleness", type=int, default=2, help="synthesizer targets at most S steps late (0: lockstep)"
+        "--max-staleness",
+        type=_staleness,
+        default=2,
+        help="synthesizer targets at most S steps late (0: lockstep); auto: derived from the measured step time "
+        "and the link (recorded in config.json)",
+    )
+    g.add_argument(
+        "--link-delay-ms",
+        type=_real,
+        default=0.0,
+        help="emulation: hold every message between stages this many ms (one way) before delivery",
+    )
+    g.add_argument(
+        "--link-bandwidth", help="emulation: pace messages between stages at this rate (1gbit, 100mbit; tc's units)"
     )
     g.add_argument(
         "--microbatches",
@@ -424,11 +495,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--eval-every", type=int, default=0, help="steps between test evaluations (time to target)")
     g.add_argument("--target-accuracy", type=_real, help="test accuracy %% for time-to-target, e.g. 97.5")
+    g.add_argument("--target-bpc", type=_positive_float, help="gpt on ptb-char: validation BPC for time-to-target")
     g.add_argument("--master-addr", default="127.0.0.1", help="rendezvous address (default: loopback)")
     g.add_argument("--master-port", type=int, help="rendezvous port (default: a free one)")
     g.add_argument("--timeout", type=_real, default=60.0, help="seconds before a silent stage is declared lost")
     g.add_argument("--pin-cores", action="store_true", help="pin each rank to its own cores (for benchmarks)")
     p.set_defaults(func=_cmd_parallel)
+
+    p = sub.add_parser("sample", help="print text generated by a language model run (--model gpt)")
+    p.add_argument("--out", required=True, help="the run's folder (synthgrad train or parallel)")
+    p.add_argument("--prompt", help="text to continue (default: a line end, the start of a sentence)")
+    p.add_argument("--tokens", type=int, default=200, help="symbols to generate (default 200)")
+    p.add_argument("--temperature", type=_real, default=1.0, help="sampling temperature; 0: the most likely symbol")
+    p.add_argument("--seed", type=_seed, default=0)
+    p.set_defaults(func=_cmd_sample)
 
     p = sub.add_parser("configs", help="list the shipped experiment configs")
     p.set_defaults(func=_cmd_configs)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
+import os
+import re
 from dataclasses import dataclass, fields
 from importlib import resources
 from pathlib import Path
@@ -18,6 +20,13 @@ import tomllib
 
 from synthgrad.errors import ConfigError
 from synthgrad.synthesizers import SynthesizerKind, SynthesizerSpec
+
+LM_DATASETS = ("ptb-char", "ptb-word")  # text, read by the language model (synthgrad.data.ptb)
+DATASETS = ("mnist", "cifar10", *LM_DATASETS)
+MODELS = ("fcn", "cnn", "gpt")
+# The language model's default budget in training tokens (targets), when neither --max-tokens nor --max-minutes is
+# given: the shipped default runs' (configs/ptb_char_gpt_*.toml, reports/transformer/report.md).
+LM_DEFAULT_TOKENS = 6_000_000
 
 
 class Method(enum.Enum):
@@ -57,27 +66,75 @@ class TrainConfig:
     threads: int | None = None  # torch intra-op threads; None: PyTorch's default (all cores)
     diagnose_every: int = 50  # steps between true-gradient cosine measurements (one extra backward each)
     out: str = "runs/train"
+    # -- the language model (--model gpt on ptb-char or ptb-word; synthgrad/models/gpt.py, training/lm.py). Every
+    # field below defaults to None, so that runs written before it existed resume unchanged.
+    context: int | None = None  # T, tokens per window; None: 64 (with width 64, 4 blocks: the default experiment)
+    heads: int | None = None  # attention heads; None: 4 (16 per head at width 64)
+    positions: str | None = None  # learned | rotary; None: learned (GPT-2's)
+    # Decoupled modules in process (K − 1 interfaces), each a contiguous run of layers (`parallel.partition`);
+    # None: every layer its own module (fcn, cnn) or K = 2 for gpt (see `_resolve_gpt`).
+    modules: int | None = None
+    # -- budgets besides --epochs; the run stops at whichever is spent first (`training.loop.Plan`)
+    max_tokens: int | None = None  # gpt: training tokens (targets); None: LM_DEFAULT_TOKENS unless max_minutes
+    max_minutes: float | None = None  # minutes of training (evaluation and checkpoints excluded)
+    eval_tokens: int | None = None  # gpt: training tokens between evaluations and checkpoints; None: 1/5 of the budget
 
     def validate(self) -> TrainConfig:
         """Raise `ConfigError` naming the offending value; return self for chaining."""
         checks = [
-            (self.dataset in ("mnist", "cifar10"), f"unknown dataset {self.dataset!r} (mnist, cifar10)"),
-            (self.model in ("fcn", "cnn"), f"unknown model {self.model!r} (fcn, cnn)"),
+            (self.dataset in DATASETS, f"unknown dataset {self.dataset!r} ({', '.join(DATASETS)})"),
+            (self.model in MODELS, f"unknown model {self.model!r} ({', '.join(MODELS)})"),
             (self.layers >= (2 if self.model == "cnn" else 1), f"--layers must be >= 1 (cnn: >= 2), got {self.layers}"),
             (self.width is None or self.width >= 1, f"--width must be >= 1, got {self.width}"),
             (0.0 < self.update_prob <= 1.0, f"--update-prob must be in (0, 1], got {self.update_prob}"),
             (self.unlock in (None, "full"), f"--unlock must be 'full', got {self.unlock!r}"),
             (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
             (self.batch_size >= 2, f"--batch-size must be >= 2 (batch norm needs 2 examples), got {self.batch_size}"),
-            (self.lr is None or self.lr > 0, f"--lr must be > 0, got {self.lr}"),
-            (self.synthesizer_lr is None or self.synthesizer_lr > 0, "--synthesizer-lr must be > 0"),
+            (self.lr is None or 0 < self.lr < math.inf, f"--lr must be a finite number > 0, got {self.lr}"),
+            (
+                self.synthesizer_lr is None or 0 < self.synthesizer_lr < math.inf,
+                f"--synthesizer-lr must be a finite number > 0, got {self.synthesizer_lr}",
+            ),
             (self.train_limit is None or self.train_limit >= self.batch_size, "--train-limit must be >= batch size"),
             (self.diagnose_every >= 0, f"--diagnose-every must be >= 0, got {self.diagnose_every}"),
-            (self.threads is None or self.threads >= 1, f"--threads must be >= 1, got {self.threads}"),
+            # torch's thread count is a C int; no machine has a thousand cores for one process
+            (self.threads is None or 1 <= self.threads <= 1024, f"--threads must be in 1..1024, got {self.threads}"),
+            # torch seeds are 64-bit and the batch order derives seed × 100,003 + epoch from it (batch_order)
+            (0 <= self.seed < 2**32, f"--seed must be in 0..{2**32 - 1}, got {self.seed}"),
+            (self.layers <= 1000, f"--layers must be <= 1000 (the paper's deepest network has 6), got {self.layers}"),
+            (
+                all(h >= 1 for h in self.synthesizer_hidden or ()),
+                f"--synthesizer-hidden widths must be >= 1, got {','.join(map(str, self.synthesizer_hidden or ()))}",
+            ),
+            (
+                self.batch_size <= {"mnist": 60_000, "cifar10": 50_000}.get(self.dataset, self.batch_size),
+                f"--batch-size {self.batch_size} is more than {self.dataset}'s training set holds",
+            ),
         ]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        self._validate_budget_and_lm()
+        # A model too large for this machine fails deep inside torch or gets the process killed: refuse it here.
+        # Parameters: the model's, plus per cut the largest default synthesizer (a low-rank map of rank w/16 in and
+        # out, or the MLP 2×1024); the CNN's convolutions are 5×5. 32 bytes each: the weight, its gradient and
+        # Adam's two moments, and the copy of all three a checkpoint takes.
+        w, k = self.width or _default_width(self.model, self.dataset), 25 if self.model == "cnn" else 1
+        channels = 3 if self.dataset == "cifar10" else 1
+        first = channels * k if self.model == "cnn" else channels * (1024 if channels == 3 else 784)  # input features
+        params = first * w + max(0, self.layers - 2) * k * w * w + 10 * w * (64 if self.model == "cnn" else 1)
+        if self.method is not Method.BACKPROP:
+            params += (self.layers - 1) * k * max(w * w // 8, 2 * 1024 * w + 1024 * 1024)
+        try:
+            memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (AttributeError, ValueError, OSError):  # not a POSIX system: no check
+            memory = None
+        if memory and self.model in ("fcn", "cnn") and 32 * params > memory:
+            raise ConfigError(
+                f"--width {w} with --layers {self.layers} needs about {32 * params / 2**30:.0f} GiB for the "
+                f"weights, gradients, Adam's moments and a checkpoint, more than this machine's "
+                f"{memory / 2**30:.0f} GiB: choose a smaller --width or --layers"
+            )
         if self.method is Method.BACKPROP and (
             self.unlock or self.update_prob < 1.0 or self.synthesizer or self.fold_every
         ):
@@ -86,17 +143,71 @@ class TrainConfig:
             raise ConfigError(f"--fold-every must be >= 0, got {self.fold_every}")
         if self.fold_every and self.unlock:
             raise ConfigError("folding true gradients needs real inputs: use --fold-every 0 with --unlock full")
-        if self.layers == 1 and self.method is not Method.BACKPROP:
+        if self.layers == 1 and self.method is not Method.BACKPROP and self.model != "gpt":
             raise ConfigError("a 1-layer network has no interface to decouple: use --layers >= 2")
-        if self.device != "cpu" and not self.device.startswith("cuda"):
+        if not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
             raise ConfigError(f"--device must be cpu, cuda or cuda:N, got {self.device!r}")
         return self
+
+    @property
+    def model_layers(self) -> int:
+        """The model's layers, the children that modules and stages are cut from: a GPT's are its embedding, its
+        L = `layers` blocks and its head."""
+        return self.layers + 2 if self.model == "gpt" else self.layers
+
+    def _validate_budget_and_lm(self) -> None:
+        """The budgets, and the language model's options: gpt reads text, and only gpt does."""
+        gpt = self.model == "gpt"
+        if gpt != (self.dataset in LM_DATASETS):
+            raise ConfigError(
+                f"--model gpt reads text: use --dataset {' or '.join(LM_DATASETS)}, not {self.dataset}"
+                if gpt
+                else f"--dataset {self.dataset} is text, read by the language model: use --model gpt"
+            )
+        lm_only = {"--context": self.context, "--heads": self.heads, "--positions": self.positions,
+                   "--max-tokens": self.max_tokens, "--eval-tokens": self.eval_tokens}  # fmt: skip
+        given = [flag for flag, value in lm_only.items() if value is not None]
+        if given and not gpt:
+            raise ConfigError(f"{', '.join(given)}: option(s) of the language model (--model gpt)")
+        for flag, value in (*lm_only.items(), ("--modules", self.modules)):
+            if flag != "--positions" and value is not None and value < 1:
+                raise ConfigError(f"{flag} must be >= 1, got {value}")
+        if self.positions not in (None, "learned", "rotary"):
+            raise ConfigError(f"--positions must be learned or rotary, got {self.positions!r}")
+        if self.max_minutes is not None and not 0 < self.max_minutes < math.inf:
+            raise ConfigError(f"--max-minutes must be a finite number > 0, got {self.max_minutes}")
+        kind = self.synthesizer
+        if gpt:
+            width, heads, context = self.width or _default_width("gpt", ""), self.heads or 4, self.context or 64
+            if width % heads:
+                raise ConfigError(f"--width {width} is not divisible by --heads {heads}")
+            if self.positions == "rotary" and (width // heads) % 2:
+                raise ConfigError(f"rotary positions need an even head width, got --width {width} / --heads {heads}")
+            if self.max_tokens is not None and self.max_tokens < self.batch_size * context:
+                raise ConfigError(f"--max-tokens {self.max_tokens} is less than one batch of "
+                                  f"{self.batch_size} × {context} tokens")  # fmt: skip
+            if self.unlock:
+                raise ConfigError("--unlock full is not supported with --model gpt (no input synthesizer reads ids)")
+            if kind is not None and not (kind.tokenwise or kind is SynthesizerKind.ZERO):
+                raise ConfigError(f"--synthesizer {kind.value} flattens the (T, D) activations of a GPT: use "
+                                  "token-linear, token-lowrank, token-mlp or zero")  # fmt: skip
+        elif kind is not None and kind.tokenwise:
+            raise ConfigError(f"--synthesizer {kind.value} reads (T, D) token activations: use it with --model gpt")
+        if self.modules is not None:
+            if self.modules > self.model_layers:
+                raise ConfigError(f"--modules {self.modules} is more than the model's {self.model_layers} layers")
+            if self.method is Method.BACKPROP and self.modules > 1:
+                raise ConfigError("--modules K > 1 decouples the model: use --method dni or cdni")
+            if self.method is not Method.BACKPROP and self.modules == 1:
+                raise ConfigError("--modules 1 has no interface to decouple: use --modules >= 2")
 
     # -- the defaults left open (None) above, resolved once for everyone (trainer, runtime, reports)
     def resolve(self) -> TrainConfig:
         """The config with every method-dependent default filled in; the reasons, measured in BENCHMARKS.md
         ("Recipe ablation"), are the comments below. Idempotent; call `validate` first."""
         r = dataclasses.replace(self, width=self.width or _default_width(self.model, self.dataset))
+        if r.model == "gpt":
+            return _resolve_gpt(r)
         if r.method is Method.BACKPROP:  # no synthesizer, nothing to fold
             return dataclasses.replace(r, fold_every=0, lr=r.lr or 1e-4)
         # DNI folds every 3rd batch's true gradient in: a synthesizer that cannot see the label cannot predict
@@ -130,7 +241,8 @@ class TrainConfig:
 
     def synthesizer_spec(self) -> SynthesizerSpec:
         """The synthesizers of a resolved config."""
-        return SynthesizerSpec(self.synthesizer, tuple(self.synthesizer_hidden or ()))
+        kind = SynthesizerKind(self.synthesizer)  # token-wise kinds without batch norm (`token_default`)
+        return SynthesizerSpec(kind, tuple(self.synthesizer_hidden or ()), batch_norm=not kind.tokenwise)
 
     def to_dict(self) -> dict[str, Any]:
         out = {}
@@ -140,8 +252,54 @@ class TrainConfig:
         return out
 
 
+def _resolve_gpt(r: TrainConfig) -> TrainConfig:
+    """The language model's defaults (width already resolved). The recipe and its ablation, measured on PTB
+    characters at the default size, are in reports/transformer/report.md ("Recipe")."""
+    budget = r.max_tokens or (None if r.max_minutes else LM_DEFAULT_TOKENS)
+    lm = dataclasses.replace(
+        r, context=r.context or 64, heads=r.heads or 4, positions=r.positions or "learned", max_tokens=budget,
+        # 5 evaluations (and checkpoints) per budget in tokens (each scores the 835k valid and test characters, a
+        # fifth of a default run's training time); with a budget in minutes, every 2M tokens
+        eval_tokens=r.eval_tokens or (max(1, budget // 5) if budget else 2_000_000),
+    )  # fmt: skip
+    if r.method is Method.BACKPROP:
+        return dataclasses.replace(lm, modules=1, fold_every=0, lr=r.lr or GPT_RECIPE["backprop_lr"])
+    recipe = GPT_RECIPE[r.method.value]
+    kind = r.synthesizer or SynthesizerKind(recipe["synthesizer"])
+    hidden = r.synthesizer_hidden
+    if hidden is None:
+        hidden = {SynthesizerKind.TOKEN_MLP: (max(1, r.width // 4),),
+                  SynthesizerKind.TOKEN_LOWRANK: (max(1, r.width // 8),)}.get(kind, ())  # fmt: skip
+    return dataclasses.replace(
+        lm, modules=r.modules or 2, fold_every=recipe["fold_every"] if r.fold_every is None else r.fold_every,
+        lr=r.lr or recipe["lr"], synthesizer_lr=r.synthesizer_lr or recipe["synthesizer_lr"], synthesizer=kind,
+        synthesizer_hidden=hidden,
+    )  # fmt: skip
+
+
+# [Note: GPT recipe] The defaults of a decoupled GPT, chosen by the ablation in reports/transformer/report.md:
+# one interface in the middle (K = 2 modules; a cut after every block collapses to the unigram loss), token-wise
+# synthesizers, and the learning rates below.
+GPT_RECIPE: dict[str, Any] = {
+    "backprop_lr": 1e-3,
+    "dni": {"synthesizer": "token-mlp", "fold_every": 3, "lr": 1e-3, "synthesizer_lr": 1e-4},
+    "cdni": {"synthesizer": "token-linear", "fold_every": 0, "lr": 3e-4, "synthesizer_lr": 1e-3},
+}
+
+
+def model_defaults(model: object) -> TrainConfig:
+    """The config a model's options start from (`from_dict`): `TrainConfig()`, or for gpt PTB characters in
+    batches of 32 windows (the issue's 256 images would be 256 windows, 32k tokens a step; the recipe is tuned
+    at 32)."""
+    if model == "gpt":
+        return TrainConfig(dataset="ptb-char", model="gpt", batch_size=32)
+    return TrainConfig()
+
+
 def _default_width(model: str, dataset: str) -> int:
     """The paper's (PAPER.md §2): MNIST FCN 256, CIFAR-10 FCN 1000, CNN 64 (MNIST) / 128 (CIFAR-10)."""
+    if model == "gpt":
+        return 64  # the default experiment's (configs/ptb_char_gpt_*.toml): it trains in minutes on a CPU
     if model == "cnn":
         return 64 if dataset == "mnist" else 128
     return 256 if dataset == "mnist" else 1000
@@ -180,19 +338,31 @@ class ParallelConfig:
     max_staleness: int = 2
     microbatches: int | None = None  # torch pipeline schedules: micro-batches per batch; None: max(4, virtual stages)
     eval_every: int = 0  # steps between test evaluations (for time-to-target); 0: at epoch ends only
-    target_error: float | None = None  # test error % that counts as "target reached" (e.g. 2.5 = 97.5% accuracy)
+    # The first metric's value that counts as "target reached": test error % (e.g. 2.5 = 97.5% accuracy), or for
+    # gpt on ptb-char the validation bits per character (--target-bpc).
+    target_error: float | None = None
     master_addr: str = "127.0.0.1"  # rendezvous: loopback unless the user names another address
     master_port: int | None = None  # None: a free port (single machine); multi-machine jobs name one
     timeout_s: float = 60.0  # a stage that does not answer for this long is declared lost
     pin_cores: bool = False  # rank r runs on cores [r·threads, (r+1)·threads) of this machine (benchmarks)
+    # Link emulation ([Note: link emulation] in parallel/link.py), only when asked: every point-to-point message
+    # a rank sends is held this many ms (one way) and paced at this bandwidth (tc's units: 1gbit, 100mbit; None:
+    # unlimited) before delivery. It changes when messages arrive, never the decoupled or stale numbers.
+    link_delay_ms: float = 0.0
+    link_bandwidth: str | None = None
+    # --max-staleness auto: S derived before training from the measured step time and the link
+    # ([Note: auto staleness] in parallel/staleness.py); the derivation is recorded in `staleness_basis`
+    # (config.json), and a resumed run reuses the recorded S rather than measuring again (S changes the numbers).
+    staleness_auto: bool = False
+    staleness_basis: dict | None = None
 
     def validate(self) -> ParallelConfig:
         self.train.validate()
         t = self.train
         if self.stages < 1:
             raise ConfigError(f"--stages must be >= 1, got {self.stages}")
-        if self.schedule is not ScheduleKind.DDP and self.stages > t.layers:
-            raise ConfigError(f"--stages {self.stages} is more than the model's {t.layers} layers")
+        if self.schedule is not ScheduleKind.DDP and self.stages > t.model_layers:
+            raise ConfigError(f"--stages {self.stages} is more than the model's {t.model_layers} layers")
         if self.schedule is ScheduleKind.DECOUPLED and t.method is Method.BACKPROP:
             raise ConfigError("the decoupled schedule needs --method dni or cdni (backprop: --schedule model-parallel)")
         if self.schedule is not ScheduleKind.DECOUPLED and t.method is not Method.BACKPROP:
@@ -201,6 +371,10 @@ class ParallelConfig:
             raise ConfigError(f"--schedule {self.schedule.value} needs --stages >= 2 (one stage is plain backprop)")
         if self.max_staleness < 0:
             raise ConfigError(f"--max-staleness must be >= 0, got {self.max_staleness}")
+        if self.eval_every < 0:
+            raise ConfigError(f"--eval-every must be >= 0 (0: at epoch ends only), got {self.eval_every}")
+        if self.target_error is not None and not 0 <= self.target_error <= 100:
+            raise ConfigError(f"--target-accuracy must be a percentage in 0..100, got {100 - self.target_error}")
         if not (self.timeout_s > 0 and math.isfinite(self.timeout_s)):
             raise ConfigError(f"--timeout must be a number of seconds > 0, got {self.timeout_s}")
         if self.microbatches is not None and self.microbatches < 1:
@@ -209,19 +383,35 @@ class ParallelConfig:
             from synthgrad.parallel.torch_pipelines import check_schedule
 
             try:  # every hidden layer of synthgrad's models has batch norm
-                check_schedule(self.schedule.value, self.stages, t.layers, t.batch_size, self.microbatches,
-                               batchnorm=t.layers > 1)  # fmt: skip
+                check_schedule(self.schedule.value, self.stages, t.model_layers, t.batch_size, self.microbatches,
+                               batchnorm=t.layers > 1 and t.model != "gpt")  # fmt: skip
             except ValueError as e:
                 raise ConfigError(f"--schedule {self.schedule.value}: {e}") from None
+        if not (0 <= self.link_delay_ms <= 60_000 and math.isfinite(self.link_delay_ms)):
+            raise ConfigError(f"--link-delay-ms must be in 0..60000, got {self.link_delay_ms}")
+        from synthgrad.parallel.link import parse_bandwidth
+
+        try:
+            parse_bandwidth(self.link_bandwidth)
+        except ValueError as e:
+            raise ConfigError(f"--link-bandwidth: {e}") from None
         if self.master_port is not None and not 0 < self.master_port < 65536:
             raise ConfigError(f"--master-port must be in 1..65535, got {self.master_port}")
-        if t.model != "fcn":
-            raise ConfigError("synthgrad parallel supports --model fcn for now")
+        if t.model not in ("fcn", "gpt"):
+            raise ConfigError(f"synthgrad parallel supports --model fcn or gpt for now, not {t.model}")
+        if t.max_minutes is not None:  # ranks would stop at different steps: a budget must be a number of steps
+            raise ConfigError("synthgrad parallel takes a budget in --epochs or --max-tokens, not --max-minutes")
+        if t.modules is not None and t.modules != self.stages:
+            raise ConfigError(f"--modules {t.modules} differs from --stages {self.stages} (a stage is a module)")
         return self
 
     def resolve(self) -> ParallelConfig:
-        """The config with its training config resolved (`TrainConfig.resolve`)."""
-        return dataclasses.replace(self, train=self.train.resolve())
+        """The config with its training config resolved (`TrainConfig.resolve`); a decoupled GPT's modules are its
+        stages."""
+        t = self.train
+        if t.model == "gpt" and t.method is not Method.BACKPROP:
+            t = dataclasses.replace(t, modules=self.stages)
+        return dataclasses.replace(self, train=t.resolve())
 
     def to_dict(self) -> dict[str, Any]:
         """One flat mapping: the training config's fields and the job's."""
@@ -234,6 +424,10 @@ class ParallelConfig:
             "eval_every": self.eval_every,
             "target_error": self.target_error,
             "timeout_s": self.timeout_s,
+            "link_delay_ms": self.link_delay_ms,
+            "link_bandwidth": self.link_bandwidth,
+            "staleness_auto": self.staleness_auto,
+            "staleness_basis": self.staleness_basis,
         }
 
 
@@ -276,7 +470,7 @@ def from_dict(values: dict[str, Any], base: TrainConfig | None = None) -> TrainC
             v = tuple(int(x) for x in v)
         converted[k] = v
     try:
-        return dataclasses.replace(base or TrainConfig(), **converted)
+        return dataclasses.replace(base or model_defaults(values.get("model")), **converted)
     except TypeError as e:  # pragma: no cover - guarded by the unknown-key check
         raise ConfigError(str(e)) from None
 
@@ -324,6 +518,7 @@ __all__ = [
     "TrainConfig",
     "from_dict",
     "load_config_file",
+    "model_defaults",
     "named_configs",
     "paper_recipe",
 ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -75,6 +76,7 @@ class Runtime:
         self.world_size = world_size
         self.device = device
         self.timing = timing or StageTiming()
+        self.link = None  # emulated links (parallel/link.py): point-to-point sends go through them when set
 
     @classmethod
     def from_env(cls, device: str = "cpu", timeout_s: float = 60.0) -> Runtime:
@@ -90,6 +92,10 @@ class Runtime:
             dev = torch.device("cuda", local % max(1, torch.cuda.device_count()))
             torch.cuda.set_device(dev)
         backend = "nccl" if dev.type == "cuda" else "gloo"
+        if backend == "gloo" and not os.environ.get("GLOO_SOCKET_IFNAME"):
+            ifname = _interface_towards(addr)  # [Note: gloo's interface]
+            if ifname:
+                os.environ["GLOO_SOCKET_IFNAME"] = ifname
         try:
             dist.init_process_group(
                 backend,
@@ -108,6 +114,8 @@ class Runtime:
     def isend(self, tensor: torch.Tensor, dst: int, tag: int) -> dist.Work:
         with self.timing.measure("comm"):
             try:
+                if self.link is not None:  # [Note: link emulation] in parallel/link.py
+                    return self.link.isend(tensor, dst, tag)
                 return dist.isend(tensor.contiguous(), dst, tag=tag)
             except Exception as e:
                 raise StageLost(f"stage {self.rank}: lost stage {dst} while sending ({_short(e)})") from None
@@ -176,12 +184,52 @@ class Runtime:
         using it has been seen to abort the process ("terminate called without an active exception")."""
         if not dist.is_initialized():
             return
+        if self.link is not None:  # deliver what the emulated links still hold, then stop their thread
+            if clean:
+                with contextlib.suppress(Exception):
+                    self.link.flush(timeout_s=60.0)
+            self.link.close()
+            self.link = None
         if clean:
             with contextlib.suppress(Exception):  # a peer is gone: nothing left to agree on
                 dist.barrier()
         dist.destroy_process_group()
 
 
-def _short(e: BaseException) -> str:
-    text = " ".join(str(e).split())
-    return f"{type(e).__name__}: {text[:160]}"
+def _interface_towards(addr: str) -> str | None:
+    """[Note: gloo's interface]
+    gloo binds a rank to the address its host name resolves to, and tells the other ranks that address. Where the
+    host name resolves to a loopback address (Debian's "127.0.1.1 host" in /etc/hosts, or any host inside a
+    network namespace) the other machines are told 127.0.x.x and the job hangs at its first message. So when the
+    rendezvous is not on loopback and GLOO_SOCKET_IFNAME is unset, a rank binds gloo to the interface its routes
+    use to reach the rendezvous address: the one the other machines can reach it by. None where that is loopback
+    or cannot be found (gloo then chooses as before)."""
+    import fcntl
+    import socket
+    import struct
+
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((addr, 9))  # no packet is sent: this only asks the routing table
+            local = s.getsockname()[0]
+            if local.startswith("127."):
+                return None
+            for _, name in socket.if_nameindex():
+                with contextlib.suppress(OSError):
+                    packed = fcntl.ioctl(s.fileno(), 0x8915, struct.pack("256s", name[:15].encode()))  # SIOCGIFADDR
+                    if socket.inet_ntoa(packed[20:24]) == local:
+                        return name
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def _short(e: BaseException, limit: int = 160) -> str:
+    """`e` in one line for a message: without C++ source locations ("[/path/pair.cc:553] "), its first sentence,
+    at most `limit` characters, cut between words."""
+    text = re.sub(r"\[[^\]\s]*\.(?:cc|cpp|c|h|hpp):\d+\]\s*", "", " ".join(str(e).split()))
+    text = re.split(r"(?<=[.!?])\s", text, maxsplit=1)[0].rstrip(".")
+    if len(text) > limit:
+        cut = text.rfind(" ", 0, limit)
+        text = text[: cut if cut > limit // 2 else limit].rstrip(" ,;:") + " …"
+    return f"{type(e).__name__}: {text}"

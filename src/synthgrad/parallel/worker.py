@@ -12,7 +12,7 @@ import os
 
 import torch
 
-from synthgrad.config import Method, ParallelConfig, ScheduleKind
+from synthgrad.config import TORCH_PIPELINES, Method, ParallelConfig, ScheduleKind
 from synthgrad.data import ImageDataset, load_dataset
 from synthgrad.errors import ConfigError
 from synthgrad.parallel.exact import DDPJob, ModelParallelJob
@@ -23,12 +23,14 @@ from synthgrad.parallel.torch_pipelines import TorchPipelineJob
 from synthgrad.schedule import DecoupledSchedule
 from synthgrad.training import ChainJob, Plan, RunFolder, build_network, fit, flush_denormals, model_of, show_progress
 from synthgrad.training.build import build_stale_network
+from synthgrad.training.lm import LMData, lm_plan, load_lm
 from synthgrad.training.task import Task, classification
 
 # Fields that may differ between ranks (each machine has its own paths and cores) and between a run and its
 # resumption (also the budget).
 LOCAL = ("out", "data_dir", "threads", "pin_cores")
-RESUMABLE = frozenset({"epochs", "out", "data_dir", "threads", "device", "download", "timeout_s", "pin_cores"})
+RESUMABLE = frozenset({"epochs", "out", "data_dir", "threads", "device", "download", "timeout_s", "pin_cores",
+                       "link_delay_ms", "link_bandwidth", "staleness_auto", "staleness_basis"})  # fmt: skip
 
 
 def _agree_on_config(rt: Runtime, pcfg: ParallelConfig) -> None:
@@ -58,9 +60,14 @@ def run_worker(pcfg: ParallelConfig, *, resume: bool = False, progress: bool | N
     clean = False
     try:
         _agree_on_config(rt, pcfg)
+        if pcfg.staleness_auto:  # before the run folder: config.json records the S it derives
+            from synthgrad.parallel.staleness import resolve_auto_staleness
+
+            pcfg = resolve_auto_staleness(pcfg, rt, resume)
+        _emulate_links(pcfg, rt)
         run = RunFolder(cfg.out, pcfg.to_dict(), resumable=RESUMABLE, collective=rt)
         saved = run.open(resume)
-        data = load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download).to(rt.device)
+        data = load_lm(cfg) if cfg.model == "gpt" else load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download)
         run.start()
         try:
             with flush_denormals():
@@ -74,21 +81,46 @@ def run_worker(pcfg: ParallelConfig, *, resume: bool = False, progress: bool | N
         rt.close(clean)
 
 
-def _train(pcfg: ParallelConfig, rt: Runtime, run: RunFolder, data: ImageDataset, saved: dict | None, bar: bool):
-    cfg = pcfg.train
-    examples = min(cfg.train_limit or len(data.train_labels), len(data.train_labels))
-    task = classification(data, examples, conditioned=cfg.method is Method.CDNI)
-    plan = Plan(cfg.epochs, cfg.batch_size, cfg.seed, examples, eval_every=pcfg.eval_every,
-                target=pcfg.target_error, progress=bar, desc=f"{pcfg.schedule.value} stage {rt.rank}")  # fmt: skip
+def _emulate_links(pcfg: ParallelConfig, rt: Runtime) -> None:
+    """--link-delay-ms / --link-bandwidth: this rank's sends go through emulated links ([Note: link emulation] in
+    parallel/link.py), torch's pipeline schedules' sends too."""
+    from synthgrad.parallel.link import EmulatedLinks, LinkSpec, hook_torch_pipelining, parse_bandwidth
+
+    spec = LinkSpec(pcfg.link_delay_ms / 1e3, parse_bandwidth(pcfg.link_bandwidth))
+    if spec.active and pcfg.stages > 1:
+        rt.link = EmulatedLinks(spec)
+        if pcfg.schedule.value in TORCH_PIPELINES:
+            hook_torch_pipelining(rt.link)
+
+
+def _train(
+    pcfg: ParallelConfig, rt: Runtime, run: RunFolder, data: ImageDataset | LMData, saved: dict | None, bar: bool
+):
+    cfg, desc, conditioned = pcfg.train, f"{pcfg.schedule.value} stage {rt.rank}", pcfg.train.method is Method.CDNI
+    if isinstance(data, LMData):  # a language model (training/lm.py): windows of tokens, a budget in tokens
+        task = data.task(examples=cfg.train_limit, conditioned=conditioned, device=rt.device)
+        plan = lm_plan(cfg, len(task.train_y), progress=bar, desc=desc, eval_every=pcfg.eval_every,
+                       target=pcfg.target_error)  # fmt: skip
+        if rt.rank == 0:
+            data.write_vocab(run.out)
+    else:
+        data = data.to(rt.device)
+        examples = min(cfg.train_limit or len(data.train_labels), len(data.train_labels))
+        task = classification(data, examples, conditioned=conditioned)
+        plan = Plan(cfg.epochs, cfg.batch_size, cfg.seed, examples, eval_every=pcfg.eval_every,
+                    target=pcfg.target_error, progress=bar, desc=desc)  # fmt: skip
+    ticks = plan.epochs * plan.steps_per_epoch
     try:
-        job = make_job(pcfg, rt, task, plan.epochs * plan.steps_per_epoch)
+        job = make_job(pcfg, rt, task, ticks if plan.max_steps is None else min(ticks, plan.max_steps))
     except ValueError as e:  # a shape the schedule cannot split (batch, micro-batches, stages)
         raise ConfigError(f"--schedule {pcfg.schedule.value}: {e}") from None
     if saved is not None:
         job.load_training_state(saved["job"])
     result = fit(job, run, plan)
     return {"schedule": pcfg.schedule.value, "method": cfg.method.value, "stages": pcfg.stages,
-            "max_staleness": pcfg.max_staleness, "note": getattr(job, "note", ""), **result}  # fmt: skip
+            "max_staleness": pcfg.max_staleness, "note": getattr(job, "note", ""),
+            "link_delay_ms": pcfg.link_delay_ms, "link_bandwidth": pcfg.link_bandwidth,
+            "staleness_basis": pcfg.staleness_basis, **result}  # fmt: skip
 
 
 def make_job(pcfg: ParallelConfig, rt: Runtime, task: Task, ticks: int):
@@ -97,7 +129,7 @@ def make_job(pcfg: ParallelConfig, rt: Runtime, task: Task, ticks: int):
     if kind is ScheduleKind.SINGLE:
         net = build_network(cfg, task.input_shape, task.num_classes).to(rt.device)
         return _single(ChainJob(net, task), rt)
-    blocks = split_layers(cfg.layers, pcfg.stages)
+    blocks = split_layers(cfg.model_layers, pcfg.stages)
     if kind in (ScheduleKind.DECOUPLED, ScheduleKind.STALE):
         build = build_network if kind is ScheduleKind.DECOUPLED else build_stale_network
         net = build(cfg, task.input_shape, task.num_classes, cuts=cuts_of(blocks)).to(rt.device)

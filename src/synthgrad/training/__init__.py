@@ -29,8 +29,11 @@ __all__ = [
     "train",
 ]
 
-# Config fields that may differ between a run and its resumption: the budget and where things live.
-RESUMABLE = frozenset({"epochs", "out", "device", "threads", "data_dir", "download"})
+# Config fields that may differ between a run and its resumption: the budget (and with it a language model's
+# evaluation interval, 1/8 of its budget by default) and where things live.
+RESUMABLE = frozenset(
+    {"epochs", "out", "device", "threads", "data_dir", "download", "max_tokens", "max_minutes", "eval_tokens"}
+)
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | None = None) -> dict:
@@ -46,6 +49,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | None = Non
         torch.set_num_threads(cfg.threads)
     run = RunFolder(cfg.out, cfg.to_dict(), resumable=RESUMABLE)
     saved = run.open(resume)
+    if cfg.model == "gpt":  # a language model on text: its task, metrics and figures (training/lm.py)
+        from synthgrad.training.lm import train_lm
+
+        return train_lm(cfg, run, saved, progress=progress)
     data = load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download).to(cfg.device)
     run.start()
     try:

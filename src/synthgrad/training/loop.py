@@ -3,12 +3,14 @@
 A `Job` is one process's share of a run: it trains on a batch (given as indices into the training set, so that no
 data travels between processes), evaluates the assembled network (agreed by every rank), and saves and loads
 its state. `fit` is the rest, once: the batch order, evaluation every `eval_every` steps and at each epoch end,
-time to the target, metric rows, checkpoints at each epoch end, resume, divergence, the progress bar, and the
+time to the target, metric rows, checkpoints at each epoch end, budgets in steps or minutes (a language model's
+tokens) that may end a run within an epoch, resume (within an epoch too), divergence, the progress bar, and the
 summary in one schema.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import time
@@ -35,6 +37,11 @@ class Plan:
     target: float | None = None  # the value of the job's first metric (lower is better) that counts as reached
     progress: bool = False  # a progress bar
     desc: str = ""
+    # Budgets besides the epochs; the run stops at the first one spent, with an evaluation and a checkpoint.
+    max_steps: int | None = None  # steps in all (a language model's budget in tokens)
+    max_minutes: float | None = None  # training time (evaluation excluded); a job of one process only
+    checkpoint_every: int = 0  # steps between checkpoints besides epoch ends (taken at evaluations); 0: none
+    tokens_per_example: int = 0  # a language model's window T: metric rows and the summary count tokens too
 
     @property
     def steps_per_epoch(self) -> int:
@@ -91,46 +98,93 @@ class Job(Protocol):
 
 
 def fit(job: Job, run: RunFolder, plan: Plan) -> dict[str, Any]:
-    """Train `job` per `plan` from where `run` stands; returns the summary's training part (every rank)."""
-    p, comm = run.progress, job.comm
-    steps = plan.steps_per_epoch
-    if steps < 1:
+    """Train `job` per `plan` from where `run` stands; returns the summary's training part (every rank).
+
+    The run ends after `plan.epochs` epochs or when a budget of the plan is spent, evaluated and checkpointed
+    either way; a run resumed from a checkpoint within an epoch continues at the step it was taken."""
+    p = run.progress
+    if plan.steps_per_epoch < 1:
         raise ValueError(f"{plan.examples} training examples make no batch of {plan.batch_size}")
     guard = DivergenceGuard(job)
-    for epoch in range(p.epoch + 1, plan.epochs + 1):
-        order = batch_order(plan.seed, epoch, plan.examples)
-        loss_sum, loss_n, t0 = 0.0, 0, time.perf_counter()
-        bar = tqdm(range(steps), desc=f"{plan.desc} epoch {epoch}/{plan.epochs}", disable=not plan.progress)
-        for s in bar:
-            loss = job.step(order[s * plan.batch_size : (s + 1) * plan.batch_size])
-            p.steps, p.samples = p.steps + 1, p.samples + plan.batch_size
-            if loss is not None and p.start_loss is None and math.isfinite(loss):
-                p.start_loss = loss
-            problem = guard.problem(loss, p.start_loss)
-            if problem:
-                raise TrainingDiverged(_diverged(run, problem, epoch, p.steps))
-            if loss is not None:
-                loss_sum, loss_n = loss_sum + loss, loss_n + 1
-                if s % 20 == 0:
-                    bar.set_postfix(loss=f"{loss:.3f}")
-            if s == steps - 1 or (plan.eval_every and p.steps % plan.eval_every == 0):
-                start = p.start_loss
-                elapsed, total, n, start_sum, start_n = comm.all_reduce([time.perf_counter() - t0], "max") + (
-                    comm.all_reduce([loss_sum, loss_n, start or 0.0, float(start is not None)], "sum")
-                )
-                p.start_loss = start_sum / start_n if start_n else None  # every rank knows it from here on
-                p.train_time_s += elapsed
-                _evaluate(job, run, plan, epoch + (s + 1 - steps) / steps, total / n if n else float("nan"))
-                loss_sum, loss_n, t0 = 0.0, 0, time.perf_counter()
-        bar.close()
-        p.epoch = epoch
-        job.settle()
-        problem = comm.all_gather_object(job.check_finite())
-        if any(problem):
-            where = "; ".join(f"rank {r}: {w}" for r, w in enumerate(problem) if w)
-            raise TrainingDiverged(_diverged(run, where, epoch, p.steps))
-        run.checkpoint({"job": job.training_state()})
+    while p.epoch < plan.epochs and not _spent(plan, p.steps, p.train_time_s, job.comm):
+        epoch = p.epoch + 1
+        if _train_epoch(job, run, plan, epoch, guard):
+            p.epoch = epoch
+        _checkpoint(job, run, epoch)
     return _summary(job, run, plan)
+
+
+def _train_epoch(job: Job, run: RunFolder, plan: Plan, epoch: int, guard: DivergenceGuard) -> bool:
+    """The steps of `epoch` from where the run stands: True at the epoch's end, False where a budget ran out."""
+    p, steps, b = run.progress, plan.steps_per_epoch, plan.batch_size
+    order = batch_order(plan.seed, epoch, plan.examples)
+    first = p.steps - (epoch - 1) * steps  # steps of this epoch taken before a resumption
+    last = steps if plan.max_steps is None else min(steps, plan.max_steps - (epoch - 1) * steps)
+    interval = _Interval()
+    bar = tqdm(range(first, steps), initial=first, total=last, desc=f"{plan.desc} epoch {epoch}/{plan.epochs}",
+               disable=not plan.progress)  # fmt: skip
+    for s in bar:
+        loss = job.step(order[s * b : (s + 1) * b])
+        p.steps, p.samples = p.steps + 1, p.samples + b
+        if loss is not None and p.start_loss is None and math.isfinite(loss):
+            p.start_loss = loss
+        problem = guard.problem(loss, p.start_loss)
+        if problem:
+            raise TrainingDiverged(_diverged(run, problem, epoch, p.steps))
+        if loss is not None:
+            interval.loss_sum, interval.loss_n = interval.loss_sum + loss, interval.loss_n + 1
+            if s % 20 == 0:
+                bar.set_postfix(loss=f"{loss:.3f}")
+        stop = _spent(plan, p.steps, p.train_time_s + time.perf_counter() - interval.t0, job.comm)
+        if s == steps - 1 or stop or (plan.eval_every and p.steps % plan.eval_every == 0):
+            _close_interval(job, run, plan, epoch + (s + 1 - steps) / steps, interval)
+            interval = _Interval()
+            if not stop and s < steps - 1 and plan.checkpoint_every and p.steps % plan.checkpoint_every == 0:
+                _checkpoint(job, run, epoch)
+        if stop:
+            bar.close()
+            return False
+    bar.close()
+    return True
+
+
+@dataclass
+class _Interval:
+    """The training loss and time since the last evaluation."""
+
+    loss_sum: float = 0.0
+    loss_n: int = 0
+    t0: float = dataclasses.field(default_factory=time.perf_counter)
+
+
+def _spent(plan: Plan, steps: int, train_time_s: float, comm: Collective) -> bool:
+    """Whether a budget of `plan` is spent after `steps` steps and `train_time_s` seconds of training. Time is a
+    budget only in a job of one process: the ranks of a job must stop at the same step."""
+    if plan.max_steps is not None and steps >= plan.max_steps:
+        return True
+    return plan.max_minutes is not None and comm.world_size == 1 and train_time_s >= 60 * plan.max_minutes
+
+
+def _close_interval(job: Job, run: RunFolder, plan: Plan, epoch: float, interval: _Interval) -> None:
+    """Agree with the other ranks on the interval's time and loss, add the time, and evaluate."""
+    p, comm = run.progress, job.comm
+    start = p.start_loss
+    elapsed, total, n, start_sum, start_n = comm.all_reduce([time.perf_counter() - interval.t0], "max") + (
+        comm.all_reduce([interval.loss_sum, interval.loss_n, start or 0.0, float(start is not None)], "sum")
+    )
+    p.start_loss = start_sum / start_n if start_n else None  # every rank knows it from here on
+    p.train_time_s += elapsed
+    _evaluate(job, run, plan, epoch, total / n if n else float("nan"))
+
+
+def _checkpoint(job: Job, run: RunFolder, epoch: int) -> None:
+    """Receive what is in flight, check every rank's state is finite, and checkpoint."""
+    job.settle()
+    problem = job.comm.all_gather_object(job.check_finite())
+    if any(problem):
+        where = "; ".join(f"rank {r}: {w}" for r, w in enumerate(problem) if w)
+        raise TrainingDiverged(_diverged(run, where, epoch, run.progress.steps))
+    run.checkpoint({"job": job.training_state()})
 
 
 class DivergenceGuard:
@@ -171,7 +225,7 @@ class DivergenceGuard:
         if loss is not None and not math.isfinite(loss):
             return f"the loss is {loss}"
         if loss is not None and start is not None and loss > max(self.GROWTH * start, self.FLOOR):
-            return f"the loss grew to {loss:.3g}, over {self.GROWTH:g}× its first value {start:.3g}"
+            return f"the loss grew to {loss:.3g} (over {self.GROWTH:g}× the first step's {start:.3g})"
         if not self._state_finite():
             return self.job.check_finite() or "the model's or optimizer's values overflow (sum beyond 3.4e38)"
         return None
@@ -209,7 +263,8 @@ def _evaluate(job: Job, run: RunFolder, plan: Plan, epoch: float, train_loss: fl
     first = next(iter(metrics.values()))
     if p.time_to_target_s is None and plan.target is not None and first <= plan.target:
         p.time_to_target_s = p.train_time_s
-    row = {"epoch": round(epoch, 6), "train_time_s": p.train_time_s, "train_loss": train_loss, **metrics,
+    tokens = {"tokens": p.samples * plan.tokens_per_example} if plan.tokens_per_example else {}
+    row = {"epoch": round(epoch, 6), **tokens, "train_time_s": p.train_time_s, "train_loss": train_loss, **metrics,
            **job.interval_metrics()}  # fmt: skip
     run.record(row)
     run.diagnose(job.take_diagnostics())
@@ -240,6 +295,7 @@ def _summary(job: Job, run: RunFolder, plan: Plan) -> dict[str, Any]:
         "epochs": p.epoch,
         "steps": p.steps,
         "samples": p.samples,
+        **({"tokens": p.samples * plan.tokens_per_example} if plan.tokens_per_example else {}),
         **{k: last.get(k) for k in metrics},
         "train_loss": last.get("train_loss"),
         f"best_{metrics[0]}": min((r[metrics[0]] for r in p.history), default=None),

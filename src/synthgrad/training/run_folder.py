@@ -293,7 +293,7 @@ def _read_manifest(path: Path) -> tuple[dict, str | None]:
     except OSError as e:
         return {}, f"is unreadable ({e.strerror})"
     except ValueError:  # JSONDecodeError, UnicodeDecodeError
-        return {}, "is not valid JSON (truncated or damaged)"
+        return {}, "is unreadable (not valid JSON: truncated or damaged)"
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         return {}, f"is not a synthgrad {FORMAT} manifest"
     count, files = manifest.get("count"), manifest.get("files")
