@@ -152,6 +152,7 @@ def main() -> None:
     p.add_argument("--families", help="comma-separated subset of: " + ", ".join(FAMILIES))
     p.add_argument("--extra", default="", help="more arguments for every run (e.g. '--lr 2e-4')")
     p.add_argument("--quick", action="store_true", help="a smoke run: 1 epoch on 1,024 examples, a tiny model")
+    p.add_argument("--full-curves", action="store_true", help="train every run to its epoch budget")
     p.add_argument("--keep", help="keep every run's folder here (default: a temporary folder)")
     args = p.parse_args()
     names = args.methods.split(",") if args.methods else list(METHODS)
@@ -165,6 +166,8 @@ def main() -> None:
         common[common.index("--width") + 1] = "32"
     else:
         common += ["--epochs", str(args.epochs), "--eval-every", str(args.eval_every)]
+        if not args.full_curves:  # a run ends once it reaches the target: the figure is the time to it
+            common += ["--stop-at-target"]
     common += args.extra.split()
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="synthgrad-tta-"))
     runs: dict[str, list[dict]] = {}

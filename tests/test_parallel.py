@@ -280,3 +280,20 @@ def test_rendezvous_defaults_to_loopback() -> None:
     from synthgrad.config import ParallelConfig
 
     assert ParallelConfig(train=TrainConfig()).master_addr == "127.0.0.1"
+
+
+@pytest.mark.parametrize("schedule", ["decoupled", "stale", "1f1b"])
+def test_stop_at_target_ends_the_run_at_the_first_evaluation_that_reaches_it(data, tmp_path, schedule) -> None:
+    # Accuracy 0 % is reached at the first evaluation (step 2 of 10 per epoch): the run ends there, on every rank.
+    out = tmp_path / schedule
+    r = cli("parallel", "--stages", 2, "--schedule", schedule, "--method", "backprop" if schedule != "decoupled"
+            else "cdni", "--data-dir", data, "--out", out, *SMALL, "--epochs", 3, "--eval-every", 2,
+            "--target-accuracy", 0, "--stop-at-target")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 2 and summary["time_to_target_s"] is not None
+
+
+def test_stop_at_target_without_a_target_is_a_clear_error(data, tmp_path) -> None:
+    r = cli("parallel", "--stages", 2, "--data-dir", data, "--out", tmp_path / "o", *SMALL, "--stop-at-target")
+    assert r.returncode == 2 and "--stop-at-target needs a target" in r.stderr and "Traceback" not in r.stderr

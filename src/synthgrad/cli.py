@@ -305,6 +305,7 @@ def _cmd_parallel(args: argparse.Namespace) -> int:
         microbatches=args.microbatches,
         eval_every=args.eval_every,
         target_error=args.target_bpc if args.target_accuracy is None else 100.0 - args.target_accuracy,
+        stop_at_target=args.stop_at_target,
         master_addr=args.master_addr,
         master_port=args.master_port,
         timeout_s=args.timeout,
@@ -496,6 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--eval-every", type=int, default=0, help="steps between test evaluations (time to target)")
     g.add_argument("--target-accuracy", type=_real, help="test accuracy %% for time-to-target, e.g. 97.5")
     g.add_argument("--target-bpc", type=_positive_float, help="gpt on ptb-char: validation BPC for time-to-target")
+    g.add_argument("--stop-at-target", action="store_true", help="end the run once the target is reached")
     g.add_argument("--master-addr", default="127.0.0.1", help="rendezvous address (default: loopback)")
     g.add_argument("--master-port", type=int, help="rendezvous port (default: a free one)")
     g.add_argument("--timeout", type=_real, default=60.0, help="seconds before a silent stage is declared lost")

@@ -341,6 +341,7 @@ class ParallelConfig:
     # The first metric's value that counts as "target reached": test error % (e.g. 2.5 = 97.5% accuracy), or for
     # gpt on ptb-char the validation bits per character (--target-bpc).
     target_error: float | None = None
+    stop_at_target: bool = False  # end the run at the first evaluation that reaches target_error (benchmarks)
     master_addr: str = "127.0.0.1"  # rendezvous: loopback unless the user names another address
     master_port: int | None = None  # None: a free port (single machine); multi-machine jobs name one
     timeout_s: float = 60.0  # a stage that does not answer for this long is declared lost
@@ -373,6 +374,8 @@ class ParallelConfig:
             raise ConfigError(f"--max-staleness must be >= 0, got {self.max_staleness}")
         if self.eval_every < 0:
             raise ConfigError(f"--eval-every must be >= 0 (0: at epoch ends only), got {self.eval_every}")
+        if self.stop_at_target and self.target_error is None:
+            raise ConfigError("--stop-at-target needs a target: --target-accuracy or --target-bpc")
         if self.target_error is not None and not 0 <= self.target_error <= 100:
             raise ConfigError(f"--target-accuracy must be a percentage in 0..100, got {100 - self.target_error}")
         if not (self.timeout_s > 0 and math.isfinite(self.timeout_s)):
@@ -423,6 +426,7 @@ class ParallelConfig:
             "microbatches": self.microbatches,
             "eval_every": self.eval_every,
             "target_error": self.target_error,
+            "stop_at_target": self.stop_at_target,
             "timeout_s": self.timeout_s,
             "link_delay_ms": self.link_delay_ms,
             "link_bandwidth": self.link_bandwidth,

@@ -8,6 +8,7 @@ timing), checkpoint.json naming the last checkpoint every rank has written, from
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import torch
@@ -101,6 +102,7 @@ def _train(
         task = data.task(examples=cfg.train_limit, conditioned=conditioned, device=rt.device)
         plan = lm_plan(cfg, len(task.train_y), progress=bar, desc=desc, eval_every=pcfg.eval_every,
                        target=pcfg.target_error)  # fmt: skip
+        plan = dataclasses.replace(plan, stop_at_target=pcfg.stop_at_target)
         if rt.rank == 0:
             data.write_vocab(run.out)
     else:
@@ -108,7 +110,8 @@ def _train(
         examples = min(cfg.train_limit or len(data.train_labels), len(data.train_labels))
         task = classification(data, examples, conditioned=conditioned)
         plan = Plan(cfg.epochs, cfg.batch_size, cfg.seed, examples, eval_every=pcfg.eval_every,
-                    target=pcfg.target_error, progress=bar, desc=desc)  # fmt: skip
+                    target=pcfg.target_error, progress=bar, desc=desc,
+                    stop_at_target=pcfg.stop_at_target)  # fmt: skip
     ticks = plan.epochs * plan.steps_per_epoch
     try:
         job = make_job(pcfg, rt, task, ticks if plan.max_steps is None else min(ticks, plan.max_steps))

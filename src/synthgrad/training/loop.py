@@ -42,6 +42,11 @@ class Plan:
     max_minutes: float | None = None  # training time (evaluation excluded); a job of one process only
     checkpoint_every: int = 0  # steps between checkpoints besides epoch ends (taken at evaluations); 0: none
     tokens_per_example: int = 0  # a language model's window T: metric rows and the summary count tokens too
+    stop_at_target: bool = False  # end the run at the first evaluation that reaches `target` (time-to-target runs)
+
+    def reached(self, progress: Any) -> bool:
+        """Whether a run that stops at its target has reached it."""
+        return self.stop_at_target and progress.time_to_target_s is not None
 
     @property
     def steps_per_epoch(self) -> int:
@@ -106,7 +111,7 @@ def fit(job: Job, run: RunFolder, plan: Plan) -> dict[str, Any]:
     if plan.steps_per_epoch < 1:
         raise ValueError(f"{plan.examples} training examples make no batch of {plan.batch_size}")
     guard = DivergenceGuard(job)
-    while p.epoch < plan.epochs and not _spent(plan, p.steps, p.train_time_s, job.comm):
+    while p.epoch < plan.epochs and not _spent(plan, p.steps, p.train_time_s, job.comm) and not plan.reached(p):
         epoch = p.epoch + 1
         if _train_epoch(job, run, plan, epoch, guard):
             p.epoch = epoch
@@ -139,6 +144,7 @@ def _train_epoch(job: Job, run: RunFolder, plan: Plan, epoch: int, guard: Diverg
         if s == steps - 1 or stop or (plan.eval_every and p.steps % plan.eval_every == 0):
             _close_interval(job, run, plan, epoch + (s + 1 - steps) / steps, interval)
             interval = _Interval()
+            stop = stop or plan.reached(p)  # the same on every rank: every rank evaluates the same network
             if not stop and s < steps - 1 and plan.checkpoint_every and p.steps % plan.checkpoint_every == 0:
                 _checkpoint(job, run, epoch)
         if stop:
