@@ -297,3 +297,19 @@ def test_stop_at_target_ends_the_run_at_the_first_evaluation_that_reaches_it(dat
 def test_stop_at_target_without_a_target_is_a_clear_error(data, tmp_path) -> None:
     r = cli("parallel", "--stages", 2, "--data-dir", data, "--out", tmp_path / "o", *SMALL, "--stop-at-target")
     assert r.returncode == 2 and "--stop-at-target needs a target" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("staleness", [0, 1])
+def test_link_emulation_changes_timing_not_numbers(data, tmp_path, staleness) -> None:
+    """A held message arrives later, never in another order: with a fixed staleness bound the run computes the same
+    numbers with and without a slow link ([Note: link emulation] in parallel/link.py)."""
+    outs = {}
+    for name, link in (("plain", []), ("slow", ["--link-delay-ms", 3, "--link-bandwidth", "100mbit"])):
+        outs[name] = tmp_path / name
+        r = cli("parallel", "--stages", 2, "--method", "cdni", "--max-staleness", staleness, "--data-dir", data,
+                "--epochs", 1, "--out", outs[name], *SMALL, *link)  # fmt: skip
+        assert r.returncode == 0, r.stderr
+    slow = json.loads((outs["slow"] / "summary.json").read_text())
+    assert slow["link_delay_ms"] == 3.0
+    for k in range(2):
+        assert max_diff(stage_state(outs["slow"], k), stage_state(outs["plain"], k)) == 0.0, f"stage {k}"
