@@ -21,8 +21,8 @@ from synthgrad.training.run_folder import RunFolder
 TINY = ["--hidden-size", "16", "--batch-size", "8", "--threads", "1", "--no-progress", "--seed", "3"]
 COMMON_KEYS = {"task", "method", "T", "samples", "wall_time_s", "hidden_size", "max_samples"}
 TASK_KEYS = {
-    "copy": {"max_length", "final_length"},
-    "repeat-copy": {"max_length", "final_length"},
+    "copy": {"max_length", "paper_score", "final_length"},
+    "repeat-copy": {"max_length", "paper_score", "final_length"},
     "ptb-char": {"test_bpc", "valid_bpc", "stopped_early"},
     "multinet": {"steps_to_target", "target_accuracy", "test_accuracy", "a_updates"},
 }
@@ -90,6 +90,7 @@ def test_copy_curriculum_grows_the_length_when_the_error_is_below_threshold(capf
     assert code == 0, err
     summary = json.loads((out / "summary.json").read_text())
     assert summary["max_length"] == 40 // 8 and summary["final_length"] == 40 // 8 + 1
+    assert summary["paper_score"] == 40 // 8 + 3  # the episode length N + 3 ([Note: paper score])
     errors = summary["bit_errors_by_position"]  # [Note: errors by position], at the level not yet solved
     assert len(errors) == 40 // 8 + 1 and all(0 <= e <= 8 for e in errors) and sum(errors) > 0
     assert (out / "position_errors.png").read_bytes().startswith(b"\x89PNG")
@@ -97,7 +98,8 @@ def test_copy_curriculum_grows_the_length_when_the_error_is_below_threshold(capf
     args = ["--curriculum-window", "1", "--max-samples", "40"]
     code, _, err = run_cli(capfd, "train", "--task", "copy", "--T", "2", *TINY, *args, "--out", tmp_path / "b")
     assert code == 0, err
-    assert json.loads((tmp_path / "b" / "summary.json").read_text())["max_length"] == 0
+    unsolved = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert unsolved["max_length"] == unsolved["paper_score"] == 0
 
 
 @pytest.mark.parametrize(
@@ -143,15 +145,18 @@ def test_repeat_copy_curricula_grow_what_they_say_and_score_it(capfd, tmp_path):
     summary = json.loads((tmp_path / "both" / "summary.json").read_text())
     # levels (L, N): (1,1) (2,1) (2,2) (3,2) (4,2) (5,2) (6,2) solved, N capped at --max-repeats 2; now (7, 2)
     assert (summary["final_length"], summary["final_repeats"], summary["max_length"]) == (7, 2, 12)
+    assert summary["paper_score"] == 6 * 2 + 3  # N·R + 3 of the last level solved, (6, 2)
     assert len(summary["bit_errors_by_position"]) == 7 * 2 + 1  # the output phase: N·L vectors, the end marker
     assert summary["repeat_curriculum"] == "both" and summary["score"].startswith("N·L")
     rows = read_rows(tmp_path / "both")
     assert [(r["length"], r["repeats"], r["output_length"]) for r in rows[:3]] == [(2, 1, 2), (2, 2, 4), (3, 2, 6)]
+    assert [r["paper_score"] for r in rows[:3]] == [1 + 3, 2 + 3, 4 + 3]  # the metric rows carry it too
 
     code, _, err = run_cli(capfd, *base, "--repeat-curriculum", "length", "--out", tmp_path / "length")
     assert code == 0, err
     summary = json.loads((tmp_path / "length" / "summary.json").read_text())
     assert (summary["final_length"], summary["max_length"], summary["repeat_curriculum"]) == (8, 7, "length")
+    assert summary["paper_score"] is None  # N drawn per batch: no one episode length per level
     assert "repeats" not in read_rows(tmp_path / "length")[0]
 
 

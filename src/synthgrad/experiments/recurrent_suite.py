@@ -23,6 +23,7 @@ import os
 import platform
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -38,20 +39,26 @@ from synthgrad.recurrent.task_config import (
     experiment_names,
     load_experiment,
 )
+from synthgrad.recurrent.tasks import PAPER_SCORE_OFFSET, paper_score
 
 log = logging.getLogger("synthgrad.experiments")
 
 METHODS = (RecurrentMethod.BPTT, RecurrentMethod.DNI, RecurrentMethod.DNI_AUX)
 RECURRENT_GROUPS = tuple(t.value for t in RecurrentTask)  # `--groups`: copy, repeat-copy, ptb-char, multinet
 COPY_T = (2, 3, 4, 5)
-# PAPER.md §4, max sequence length solved (C, the authors' table as shown in their slides); no DNI + Aux row.
+# PAPER.md §4, max sequence length solved (C, the authors' table as shown in their slides); no DNI + Aux row. In the
+# paper's units: the episode length N + 3 (Repeat Copy: N·R + 3), [Note: paper score] in recurrent/tasks.py.
 PAPER_LENGTH = {
     ("copy", "bptt"): (7, 8, 10, 8),
     ("copy", "dni"): (16, 14, 18, 18),
     ("repeat-copy", "bptt"): (7, 5, 19, 23),
     ("repeat-copy", "dni"): (39, 33, 39, 59),
 }
+# The same table in items, N (Repeat Copy: N·R), as our `max_length` counts them.
+PAPER_ITEMS = {key: tuple(v - PAPER_SCORE_OFFSET for v in row) for key, row in PAPER_LENGTH.items()}
 PAPER_PTB_T8 = {"bptt": 1.354, "dni": 1.34}  # PAPER.md §4, test bits per character at T = 8 (C, from a figure)
+# A committed report.md is the rendered report, then (from a line starting with this) notes written by hand.
+HAND_WRITTEN = "## How this report was made"
 # A budget in samples for every row is scaled per task, so that one number gives each a comparable share.
 SAMPLE_SCALE = {"copy": 1, "repeat-copy": 1, "ptb-char": 100, "multinet": 10}
 # What a row's `max_samples` counts, per task.
@@ -128,6 +135,20 @@ def reproduce_recurrent(
         (out / "report.md").write_text(report(results, quick, time.perf_counter() - t0))
     print(f"report: {out / 'report.md'}")
     return out / "report.md"
+
+
+def rerender(out: str | Path) -> Path:
+    """Rewrite `out/report.md` from `out/report.json` without training anything (after the renderer changed),
+    keeping the hand-written part of an existing report.md (from its line starting with `HAND_WRITTEN` on)."""
+    out = Path(out)
+    text = report(json.loads((out / "report.json").read_text()), quick=False, elapsed=None)
+    path = out / "report.md"
+    old = path.read_text().splitlines() if path.exists() else []
+    hand = next((i for i, line in enumerate(old) if line.startswith(HAND_WRITTEN)), None)
+    if hand is not None:
+        text = text.rstrip("\n") + "\n\n" + "\n".join(old[hand:]) + "\n"
+    path.write_text(text)
+    return path
 
 
 def _commit() -> str:
@@ -213,31 +234,64 @@ def _header(results: list[dict], quick: bool, elapsed: float | None) -> list[str
     return lines
 
 
+def row_paper_score(r: dict) -> int | None:
+    """A Copy or Repeat Copy result row's score in the paper's units ([Note: paper score] in recurrent/tasks.py):
+    the row's own `paper_score`, or, for rows from before it was recorded, computed from its `max_length`; None
+    for Repeat Copy's `length` curriculum (a row without `repeat_curriculum` predates the two-axis one)."""
+    if "paper_score" in r:
+        return r["paper_score"]
+    if r["task"] == "repeat-copy" and r.get("repeat_curriculum") != "both":
+        return None
+    return paper_score(r["task"], r["max_length"])
+
+
 def _copy_section(results: list[dict], task: str) -> list[str]:
     rows = [r for r in results if r["task"] == task]
     two_axes = any(r.get("repeat_curriculum") == "both" for r in rows)
+    items, episode = "N, the vectors to copy", "N + 3"
+    if task == "repeat-copy":
+        items = "N·L, the vectors in the output; the paper's N·R" if two_axes else "L, with N drawn per batch"
+        episode = "N·L + 3 (the paper's N·R + 3)"
     lines = [
         f"## {task}: " + ("largest N·L solved (output vectors)" if two_axes else "max sequence length solved"),
         "",
         *_section_budget(results, task),
-        "| method | " + " | ".join(f"T={t}" for t in COPY_T) + " |",
-        "|---|" + "---|" * len(COPY_T),
+        f"In the paper's units, the episode length {episode} ([Note: paper score] in synthgrad/recurrent/tasks.py):",
+        "",
+        *_copy_table(results, task, row_paper_score, PAPER_LENGTH),
+        "",
+        f"In items ({items}), the paper's entries less 3:",
+        "",
+        *_copy_table(results, task, lambda r: r["max_length"], PAPER_ITEMS),
     ]
-    for method in METHODS:
-        m = method.value
-        cells = [str(r["max_length"]) if r else "–" for r in (_find(results, task, m, t) for t in COPY_T)]
-        lines.append(f"| {m} (ours) | " + " | ".join(cells) + " |")
-        if (task, m) in PAPER_LENGTH:
-            lines.append(f"| {m} (paper) | " + " | ".join(map(str, PAPER_LENGTH[(task, m)])) + " |")
     lines += ["", "Each row: its result, the paper's, the sequences trained within the budget, its file:", ""]
-    lines += ["| method | T | solved | paper | sequences | experiment file |", "|---|---|---|---|---|---|"]
+    lines += ["| method | T | solved (items) | paper score | paper | sequences | experiment file |",
+              "|---|---|---|---|---|---|---|"]  # fmt: skip
     for method in METHODS:
         for i, t in enumerate(COPY_T):
             r = _find(results, task, method.value, t)
             if r:
                 paper = PAPER_LENGTH[(task, method.value)][i] if (task, method.value) in PAPER_LENGTH else "–"
-                lines.append(f"| {method.value} | {t} | {r['max_length']} | {paper} | {r['samples']} | {_file(r)} |")
+                score = _cell(row_paper_score(r))
+                lines.append(f"| {method.value} | {t} | {r['max_length']} | {score} | {paper} | {r['samples']} "
+                             f"| {_file(r)} |")  # fmt: skip
     return [*lines, ""]
+
+
+def _copy_table(results: list[dict], task: str, value: Callable[[dict], int | None], paper: dict) -> list[str]:
+    """Ours beside the paper's, a column per T: `value(row)` of each row, the paper's from `paper`."""
+    lines = ["| method | " + " | ".join(f"T={t}" for t in COPY_T) + " |", "|---|" + "---|" * len(COPY_T)]
+    for method in METHODS:
+        m = method.value
+        cells = [_cell(value(r)) if r else "–" for r in (_find(results, task, m, t) for t in COPY_T)]
+        lines.append(f"| {m} (ours) | " + " | ".join(cells) + " |")
+        if (task, m) in paper:
+            lines.append(f"| {m} (paper) | " + " | ".join(map(str, paper[(task, m)])) + " |")
+    return lines
+
+
+def _cell(v: int | None) -> str:
+    return "–" if v is None else str(v)
 
 
 def _ptb_section(results: list[dict]) -> list[str]:

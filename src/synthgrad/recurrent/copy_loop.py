@@ -24,9 +24,10 @@ by `TruncatedBPTT.train_sequence` in chunks of T.
       length          L grows; N is drawn uniformly from 1 … `max_repeats` for every batch, and the score is the
                       largest L solved. A length counts as solved only when it is solved for every N drawn, so
                       at L = 1 the core must already count to 10 to emit the end marker.
-    "both" counts output vectors, like the paper's numbers seem to, but its magnitudes are comparable with the
-    paper's only up to the unknown bookkeeping. How each reading tells the methods apart:
-    reports/recurrent/notes.md, "Repeat Copy curriculum".
+    "both" counts output vectors, and its levels are what the paper's numbers count: every Repeat Copy entry of
+    the paper's table is N·L + 3 of one of its levels ([Note: paper score] in tasks.py; `paper_score` in a
+    summary). "length" has no one episode length per level, so its summary's `paper_score` is None. How each
+    reading tells the methods apart: reports/recurrent/notes.md, "Repeat Copy curriculum".
 
 [Note: errors by position]
     Where in the output the final model goes wrong: bits wrong at each scored step, in time order, averaged over
@@ -55,6 +56,7 @@ from synthgrad.recurrent.tasks import (
     TwoAxisCurriculum,
     bce_step_loss,
     bit_errors_by_step,
+    paper_score,
     sequence_bit_errors,
     sequence_cost_bits,
 )
@@ -67,6 +69,7 @@ class CopySetup:
 
     def __init__(self, cfg: RecurrentConfig, saved: dict | None) -> None:
         self.task = CopyTask() if cfg.task is RecurrentTask.COPY else RepeatCopyTask(cfg.max_repeats)
+        self.task_name = cfg.task
         torch.manual_seed(cfg.seed)
         core = LSTMCore(self.task.input_size, cfg.hidden_size, forget_bias=cfg.forget_bias)
         readout = nn.Linear(cfg.hidden_size, self.task.output_size)
@@ -99,6 +102,13 @@ class CopySetup:
         c = self.curriculum
         return {"repeats": c.repeats, "output_length": c.size} if self.two_axes else {}
 
+    def score_in_paper_units(self) -> int | None:
+        """The largest level solved in the paper's units, N + 3 or N·R + 3 ([Note: paper score] in tasks.py); None
+        for Repeat Copy's `length` curriculum, whose N is drawn per batch (no one episode length)."""
+        if isinstance(self.task, RepeatCopyTask) and not self.two_axes:
+            return None
+        return paper_score(self.task_name, self.curriculum.max_solved)
+
     def state(self) -> dict:
         return {"generator": self.generator.get_state(), "curriculum": self.curriculum.state_dict(), "sums": self.sums}
 
@@ -127,6 +137,7 @@ def train_copy(cfg: RecurrentConfig, run: Budget, saved: dict | None) -> dict:
                     "length": s.curriculum.length,
                     **s.repeats(),
                     "max_length": s.curriculum.max_solved,
+                    "paper_score": s.score_in_paper_units(),
                     "bit_errors": _mean(sums["bits"], sums["n"]),
                     "cost_bits": _mean(sums["cost"], sums["n"]),
                     "loss": _mean(sums["loss"], sums["n"]),
@@ -150,7 +161,8 @@ def _result(cfg: RecurrentConfig, run: Budget, s: CopySetup) -> dict:
     )  # fmt: skip
     fresh = s.sample(POSITION_SEQUENCES, torch.Generator().manual_seed(cfg.seed + 1))
     result = {
-        "max_length": c.max_solved,
+        "max_length": c.max_solved,  # items: N (Copy), N·L or L (Repeat Copy, by its curriculum)
+        "paper_score": s.score_in_paper_units(),  # the episode length ([Note: paper score] in tasks.py)
         "final_length": c.length,
         "bit_errors_by_position": errors_by_position(s.trainer, fresh),
     }

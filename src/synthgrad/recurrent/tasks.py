@@ -2,8 +2,9 @@
 
 Copy and Repeat Copy follow the Neural Turing Machine paper (Graves et al. 2014); their batches are
 `SequenceBatch` (time-major tensors and a mask that is 1 exactly where the output is scored), and a batch is
-scored in bits per sequence. `Curriculum` is the length schedule of PAPER.md §4. Penn Treebank character level
-reads Mikolov's files; `MultiNetTask` is the data of the two-network system (PAPER.md §5).
+scored in bits per sequence. `Curriculum` is the length schedule of PAPER.md §4, and `paper_score` turns its
+score (items) into the paper's table units (the episode length, [Note: paper score]). Penn Treebank character
+level reads Mikolov's files; `MultiNetTask` is the data of the two-network system (PAPER.md §5).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from synthgrad.data.mnist import ImageDataset
 from synthgrad.data.ptb import PTB_SPLITS, CharCorpus, load_ptb_chars, ptb_char_path, read_char_symbols  # noqa: F401
 from synthgrad.errors import ConfigError, DataError
 from synthgrad.recurrent.cells import RecurrentCore
+from synthgrad.recurrent.task_config import RecurrentTask
 
 BITS = 8  # width of the random binary vectors (NTM paper)
 LN2 = math.log(2.0)
@@ -208,6 +210,40 @@ class TwoAxisCurriculum(Curriculum):
             self.repeats += 1
         else:
             self.length += 1
+
+
+# [Note: paper score]
+#     The paper's Copy / Repeat Copy table (PAPER.md §4) counts the episode length T_task = N + 3 (Copy) and
+#     N·R + 3 (Repeat Copy), not the item count N (A: inferred from the table's arithmetic; PAPER.md recalls the
+#     paper's wording). The paper's N is our length L, its R our repeats N. The evidence: a Repeat Copy
+#     curriculum that grows N and R in turn from (1, 1) (`TwoAxisCurriculum`) passes through the products
+#     N·R = 1, 2, 4, 6, 9, 12, 16, 20, 25, 30, 36, 42, 49, 56; plus 3 that is {4, 5, 7, 9, 12, 15, 19, 23, 28,
+#     33, 39, 45, 52, 59}, which holds all eight of the paper's Repeat Copy entries (7, 5, 19, 23, 39, 33, 39,
+#     59; 59 = 8·7 + 3), while with + 0, + 1 or + 2 at most two of them lie in the shifted set. Copy's entries
+#     (7, 8, 10, 8, 16, 14, 18, 18) have both parities, which fits N + 3 and not 2N + c. Our runs keep
+#     `max_length` in items (N; N·R for Repeat Copy's two-axis curriculum) and add `paper_score`;
+#     tests/test_recurrent_paper_score.py pins the arithmetic.
+PAPER_SCORE_OFFSET = 3  # T_task = items + 3 ([Note: paper score])
+
+
+def paper_score(task: RecurrentTask | str, max_length: int, repeats: int | None = None) -> int:
+    """The paper's table number for a Copy or Repeat Copy run that solved `max_length` ([Note: paper score]).
+
+    Copy: `max_length` is N, the items to copy; the score is N + 3. Repeat Copy: with `repeats` None,
+    `max_length` is already the items in the output, N·R (the score of `TwoAxisCurriculum`); with `repeats` R
+    given, `max_length` is the sequence length N and the output holds N·R items. The score is N·R + 3. A run
+    that solved nothing (`max_length` 0) scores 0 in both units.
+    """
+    task = RecurrentTask(task)
+    if task not in (RecurrentTask.COPY, RecurrentTask.REPEAT_COPY):
+        raise ConfigError(f"the paper's score is the Copy and Repeat Copy tasks', not {task.value}'s")
+    if repeats is not None and task is RecurrentTask.COPY:
+        raise ConfigError("Copy has no repeats")
+    _check_positive(**({} if repeats is None else {"repeats": repeats}))
+    if not isinstance(max_length, int) or max_length < 0:
+        raise ConfigError(f"max_length must be an integer >= 0, got {max_length!r}")
+    items = max_length * (repeats or 1)
+    return items + PAPER_SCORE_OFFSET if items else 0
 
 
 # ---------------------------------------------------------------------------------------------- Penn Treebank
