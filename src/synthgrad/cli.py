@@ -402,6 +402,12 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from synthgrad.parallel.plan_cli import run_plan
+
+    return run_plan(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="synthgrad", description="Decoupled Neural Interfaces with synthetic gradients")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -511,6 +517,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=_real, default=1.0, help="sampling temperature; 0: the most likely symbol")
     p.add_argument("--seed", type=_seed, default=0)
     p.set_defaults(func=_cmd_sample)
+
+    p = sub.add_parser("plan", help="cost model: predicted samples/s and bubble of every schedule for K stages")
+    from synthgrad.parallel.plan_cli import add_plan_arguments
+
+    add_plan_arguments(p)
+    p.set_defaults(func=_cmd_plan)
 
     p = sub.add_parser("configs", help="list the shipped experiment configs")
     p.set_defaults(func=_cmd_configs)

@@ -1,0 +1,385 @@
+"""The cost model (issue 22; `synthgrad plan`): samples/s and bubble fraction of every schedule the runtime
+supports, for K stages, from measured per-stage compute, message sizes and a link's latency and bandwidth.
+
+[Note: cost model]
+    Inputs, a `Profile`: for each of the model's n layers the seconds of forward + backward + update of one batch
+    of N examples on one device (`layer_s`), and optionally a fixed cost per layer and micro-batch (kernel
+    launches, Python dispatch: `fixed_s`); the bytes per example crossing the cut after each layer (`cut_bytes`:
+    the activation going up; the gradient, or the synthesizer's target, coming down has the same size); the
+    synthesizer's cost per batch on every stage that has one (`synth_s`, decoupled only); host work per step
+    outside the stages (`overhead_s`: the batch's data, the training loop). A link (`LinkSpec`, link.py): one-way
+    delay d and bandwidth; one message of n bytes costs c = d + n / bandwidth.
+
+    Stages. The layers are cut into K·v contiguous chunks (`split_layers`), v per rank, placed as the runtime
+    places them (`torch_pipelines.placement`: one per rank for gpipe and 1f1b; a loop r, r+K for
+    interleaved-1f1b, looped-bfs and zero-bubble; a V r, 2K−1−r for zbv and dualpipev). With M micro-batches,
+    rank r computes τ_r = Σ over its layers (layer_s / M + fixed_s) per micro-batch: linear in the micro-batch
+    size (an assumption; small micro-batches are less efficient on real hardware than this says). τ = max_r τ_r,
+    Σ = Σ_r τ_r.
+
+    Flushed schedules (exact gradients, one flush per batch). The time of one batch is
+
+        T = M·τ + bubble + 2·v·(M − 1)·c + 2·H·c
+
+    H: the cuts between ranks on one micro-batch's path (K − 1 with one chunk per rank, vK − 1 for a loop,
+    2(K − 1) for a V); c: the largest such cut's message (N/M examples). Every micro-batch's round trip is on the
+    critical path, and so is the fill and drain across the H cuts: communication does not overlap compute (the
+    standard, conservative model). The compute bubble, the fill and drain:
+
+        gpipe, 1f1b, model-parallel (M = 1)   Σ − τ                      (K − 1)/(M + K − 1) when balanced
+            GPipe: Huang et al. 2019 (arXiv:1811.06965); 1F1B, PipeDream-Flush: Narayanan et al. 2021
+            (arXiv:2006.09503)
+        interleaved-1f1b, looped-bfs          (Σ − τ)/v                  (K − 1)/(vM + K − 1) when balanced
+            Narayanan et al. SC'21, Megatron-LM (arXiv:2104.04473) §2.2; looped BFS: Lamy-Poirier 2023
+            (arXiv:2211.05953)
+        zero-bubble (torch: ZB1P, interleaved)  (Σ − τ)/v · (F + B − W)
+            ZB-H1's bubble (p − 1)(T_F + T_B − T_W) of Qi et al. ICLR 2024 (arXiv:2401.10241), with F, B (input
+            gradient) and W (weight gradient) as fractions of a chunk's F + B + W, divided by v as interleaving
+            divides it
+        zbv                                   (Σ − τ)/v · max(0, F + B − 2W)
+            ZB-V, the same paper: ZB-H2's (p − 1)(T_F + T_B − 2T_W) in chunk times, zero when F = B = W
+        dualpipev                             (Σ − τ)/v · (F + B − W)
+            conservative: ZB-H1's bubble. DualPipe's own, (PP/2 − 1)(F&B + B − 3W) (DeepSeek-V3 report,
+            arXiv:2412.19437, Table 2), counts on overlapping a forward and a backward chunk on two streams,
+            which one stream of ops does not give
+
+    F, B, W: `forward_fraction` of a layer's work is its forward (default 1/3: the backward costs two forwards,
+    one for the input gradient and one for the weight gradient), `weight_fraction` of the backward is W (1/2).
+    With those, ZB1P's bubble is a third of interleaved 1F1B's and ZB-V's is zero. These bounds assume the
+    schedule reaches its steady state, and no cost for splitting the backward into B and W.
+
+    Asynchronous pipelines (no flush; one batch per step, M = 1). Stage r is busy t_r per step (its layers, plus
+    the synthesizer on every stage but the last for `decoupled`); the slowest sets the step: T = max_r t_r
+    (PipeDream's throughput, Narayanan et al. SOSP 2019). A staleness bound S hides the link's round trip when
+    S ≥ 1 + ⌈2(d + x)/T⌉ (`derive_staleness`, [Note: auto staleness] in staleness.py; x: a batch's message over
+    the bandwidth). With a smaller S a stage waits for the rest: S + 1 steps must span 2T + 2(d + x), so
+
+        period = max(T, x, (2T + 2(d + x))/(S + 1))
+
+    (x: a link carries one message per x). `auto` takes the derived S plus its margin, as the runtime does.
+
+    single: one process runs every layer: T = Σ_layers (layer_s + fixed_s).
+
+    Output: samples/s = N / (T + overhead_s); bubble fraction = 1 − Σ_r busy_r / (K·T), the share of the ranks'
+    time spent idle (fill and drain, imbalance, waiting on links), (K − 1)/(M + K − 1) for balanced GPipe.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from synthgrad.errors import ConfigError
+from synthgrad.parallel.link import LinkSpec, format_bandwidth, parse_bandwidth
+from synthgrad.parallel.partition import split_layers
+from synthgrad.parallel.staleness import MARGIN, derive_staleness
+from synthgrad.parallel.torch_pipelines import SCHEDULES as TORCH_SCHEDULES
+from synthgrad.parallel.torch_pipelines import default_microbatches, placement, stages_per_rank
+
+FLUSHED = ("model-parallel", "gpipe", "1f1b", "interleaved-1f1b", "looped-bfs", "zero-bubble", "zbv", "dualpipev")
+ASYNC = ("stale", "decoupled")
+SCHEDULES = ("single", *FLUSHED, *ASYNC)
+INPUT_FEATURES = {"mnist": 784, "cifar10": 3072}
+NO_LINK = LinkSpec()  # no delay, unlimited bandwidth
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What one batch costs, layer by layer ([Note: cost model])."""
+
+    layer_s: tuple[float, ...]  # forward + backward + update of each layer, one batch, seconds
+    cut_bytes: tuple[float, ...]  # bytes per example crossing the cut after layer i (n − 1 cuts)
+    batch_size: int
+    fixed_s: float = 0.0  # per layer and micro-batch (launches, dispatch)
+    forward_fraction: float = 1 / 3  # F / (F + B + W)
+    weight_fraction: float = 0.5  # W / (B + W)
+    synth_s: float = 0.0  # the synthesizer, per batch, on each stage that has one (decoupled)
+    overhead_s: float = 0.0  # per step, outside the stages
+
+    def __post_init__(self) -> None:
+        if not self.layer_s:
+            raise ConfigError("a profile needs at least one layer")
+        if len(self.cut_bytes) != len(self.layer_s) - 1:
+            n, cuts = len(self.layer_s), len(self.cut_bytes)
+            raise ConfigError(f"{n} layers need {n - 1} cut sizes, got {cuts}")
+        numbers = {"layer time": self.layer_s, "message size": self.cut_bytes, "fixed time": [self.fixed_s],
+                   "synthesizer time": [self.synth_s], "overhead": [self.overhead_s]}  # fmt: skip
+        for what, values in numbers.items():
+            if any(not (math.isfinite(v) and v >= 0) for v in values):
+                raise ConfigError(f"every {what} must be a finite number >= 0, got {list(values)}")
+        if self.batch_size < 1:
+            raise ConfigError(f"the batch size must be >= 1, got {self.batch_size}")
+        for what, v in (("forward fraction", self.forward_fraction), ("weight fraction", self.weight_fraction)):
+            if not 0 <= v <= 1:
+                raise ConfigError(f"the {what} must be in 0..1, got {v}")
+
+    @property
+    def layers(self) -> int:
+        return len(self.layer_s)
+
+    @classmethod
+    def uniform(cls, stage_s: Sequence[float], bytes_per_example: float, batch_size: int, **kw: Any) -> Profile:
+        """Stages of the given times, each as two equal halves (so that two virtual stages per rank halve it),
+        with `bytes_per_example` at every cut."""
+        layer_s = tuple(s / 2 for s in stage_s for _ in range(2))
+        return cls(layer_s, (float(bytes_per_example),) * (len(layer_s) - 1), batch_size, **kw)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One schedule on K ranks."""
+
+    schedule: str
+    stages: int
+    microbatches: int
+    per_rank: int  # virtual stages (chunks) per rank
+    step_s: float  # one batch through the stages (no host overhead)
+    samples_per_s: float
+    bubble: float  # idle share of the ranks' time
+    rank_s: tuple[float, ...]  # each rank's compute per batch
+    comm_s: float  # link time on the critical path, per batch
+    staleness: int | None = None
+    staleness_needed: int | None = None  # the least S that hides the round trip
+    note: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def zb_fractions(profile: Profile) -> tuple[float, float, float]:
+    """(F, B, W) as fractions of a layer's work."""
+    f = profile.forward_fraction
+    return f, (1 - f) * (1 - profile.weight_fraction), (1 - f) * profile.weight_fraction
+
+
+def bubble_factor(schedule: str, v: int, profile: Profile) -> float:
+    """The compute bubble's multiple of the fill and drain Σ − τ ([Note: cost model])."""
+    f, b, w = zb_fractions(profile)
+    if schedule in ("gpipe", "1f1b", "model-parallel"):
+        return 1.0
+    if schedule in ("interleaved-1f1b", "looped-bfs"):
+        return 1 / v
+    if schedule in ("zero-bubble", "dualpipev"):  # ZB-H1 (dualpipev: conservatively the same)
+        return max(0.0, f + b - w) / v
+    if schedule == "zbv":  # ZB-V / ZB-H2
+        return max(0.0, f + b - 2 * w) / v
+    raise ConfigError(f"no bubble formula for {schedule!r}")
+
+
+def predict(
+    schedule: str, profile: Profile, stages: int, *, microbatches: int | None = None, link: LinkSpec = NO_LINK,
+    staleness: int | str = 2,
+) -> Prediction:  # fmt: skip
+    """Samples/s and bubble of `schedule` on `stages` ranks ([Note: cost model]). Raises ConfigError where the
+    configuration cannot exist (more chunks than layers, more micro-batches than examples)."""
+    if schedule not in SCHEDULES:
+        raise ConfigError(f"unknown schedule {schedule!r} (one of {', '.join(SCHEDULES)})")
+    K = 1 if schedule == "single" else stages
+    if K < 1:
+        raise ConfigError(f"K must be >= 1, got {stages}")
+    if schedule in ASYNC and K < 2:
+        raise ConfigError(f"{schedule} needs K >= 2")
+    v = stages_per_rank(schedule) if schedule in TORCH_SCHEDULES else 1
+    n, N = profile.layers, profile.batch_size
+    if K * v > n:
+        raise ConfigError(f"{K} ranks × {v} chunk(s) need {K * v} layers; the model has {n}")
+    M = (microbatches or default_microbatches(schedule, K, v)) if schedule in TORCH_SCHEDULES else 1
+    if not 1 <= M <= N:
+        raise ConfigError(f"{M} micro-batches of a batch of {N}: need 1..{N}")
+    chunks = split_layers(n, K * v)
+    owner = {j: r for r in range(K) for j in placement(schedule, r, K, v)}
+    tau = [sum(profile.layer_s[i] / M + profile.fixed_s for j, c in enumerate(chunks) if owner[j] == r for i in c)
+           for r in range(K)]  # fmt: skip
+    cross = [chunks[j][-1] for j in range(K * v - 1) if owner[j] != owner[j + 1]]
+    message = max((profile.cut_bytes[i] * N / M for i in cross), default=0.0)
+    c = (link.delay_s + link.transfer_s(message)) if cross else 0.0
+
+    if schedule == "single":
+        step = sum(s + profile.fixed_s for s in profile.layer_s)
+        return _prediction(schedule, 1, 1, 1, step, [step], 0.0, profile)
+
+    if schedule in FLUSHED:
+        fill = sum(tau) - max(tau)
+        comm = 2 * v * (M - 1) * c + 2 * len(cross) * c
+        step = M * max(tau) + fill * bubble_factor(schedule, v, profile) + comm
+        return _prediction(schedule, K, M, v, step, [M * t for t in tau], comm, profile)
+
+    busy = [t + (profile.synth_s if schedule == "decoupled" and r < K - 1 else 0.0) for r, t in enumerate(tau)]
+    T = max(busy)
+    x = link.transfer_s(message)
+    needed = derive_staleness(T, link, round(message), margin=0)["staleness"] if T > 0 else 1
+    S = needed + MARGIN if staleness == "auto" else int(staleness)
+    if S < 0:
+        raise ConfigError(f"the staleness bound must be >= 0 or auto, got {staleness}")
+    period = max(T, x, (2 * T + 2 * (link.delay_s + x)) / (S + 1))
+    if x > T:
+        note = f"bandwidth-bound: a message takes {x * 1e3:.3g} ms, more than a step"
+    elif needed > S:
+        note = f"S={S} < {needed} needed: waits {(period - T) * 1e3:.3g} ms a step"
+    else:
+        note = f"S={S} hides the {2 * (link.delay_s + x) * 1e3:.3g} ms round trip"
+    return _prediction(schedule, K, 1, 1, period, busy, period - T, profile, S, needed, note)
+
+
+def _prediction(schedule, K, M, v, step, busy, comm, profile, S=None, needed=None, note="") -> Prediction:
+    total = step + profile.overhead_s
+    if total <= 0:
+        raise ConfigError("every time in the profile is zero: nothing to predict")
+    bubble = 1 - sum(busy) / (K * step) if step > 0 else 0.0
+    return Prediction(schedule, K, M, v, step, profile.batch_size / total, max(0.0, bubble), tuple(busy), comm,
+                      S, needed, note)  # fmt: skip
+
+
+def plan(
+    profile_for: Callable[[int], Profile], stages: Sequence[int], schedules: Sequence[str], *,
+    microbatches: int | None = None, link: LinkSpec = NO_LINK, staleness: int | str = 2,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """One row per (schedule, K) (single: once, K = 1): a prediction's fields, or `skipped` with the reason."""
+    rows = []
+    for schedule in schedules:
+        for K in [1] if schedule == "single" else stages:
+            try:
+                p = predict(schedule, profile_for(K), K, microbatches=microbatches, link=link, staleness=staleness)
+                rows.append(p.as_dict())
+            except ConfigError as e:
+                rows.append({"schedule": schedule, "stages": K, "skipped": str(e)})
+    return rows
+
+
+# ---------------------------------------------------------------------- a profile from a model or a run
+def fcn_layer_flops(layers: int, width: int, in_features: int = 784, classes: int = 10) -> list[float]:
+    """Forward + backward FLOPs per example of each linear layer of synthgrad's FCN: 2·in·out forward, as much
+    again for the weight gradient, and for the input gradient on every layer but the first."""
+    dims = [in_features] + [width] * (layers - 1) + [classes]
+    return [(4 if i == 0 else 6) * dims[i] * dims[i + 1] for i in range(layers)]
+
+
+def gpt_layer_flops(layers: int, width: int, context: int, vocab: int) -> list[float]:
+    """Forward + backward FLOPs per example (a window) of a GPT's embedding, blocks and head (3 × the forward's
+    matrix products; attention's T² terms included; the embedding lookup counted as free)."""
+    block = 3 * context * (24 * width * width + 4 * context * width)
+    return [0.0] + [float(block)] * layers + [3.0 * 2 * context * width * vocab]
+
+
+def model_shape(config: dict[str, Any]) -> tuple[list[float], float]:
+    """(relative cost of each layer, bytes per example at a cut) of the model a run's config.json describes."""
+    try:
+        model, layers, width = config["model"], int(config["layers"]), int(config["width"])
+        if model == "fcn":
+            inputs = INPUT_FEATURES.get(config.get("dataset", "mnist"))
+            if inputs is None:
+                raise ConfigError(f"no input size known for dataset {config.get('dataset')!r}")
+            return fcn_layer_flops(layers, width, inputs), 4.0 * width  # float32 activations
+        if model == "gpt":
+            context = int(config.get("context") or 64)
+            vocab = int(config.get("vocab_size") or 50)  # PTB characters: ~50 symbols
+            return gpt_layer_flops(layers, width, context, vocab), 4.0 * context * width
+    except (KeyError, TypeError, ValueError) as e:
+        raise ConfigError(f"config.json lacks the model's shape ({type(e).__name__}: {e})") from None
+    raise ConfigError(f"plan knows the shapes of fcn and gpt models, not {model!r}: give --stage-ms and --message-kb")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path} does not exist: --from needs a finished `synthgrad parallel` run folder") from None
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ConfigError(f"{path} is not readable JSON ({type(e).__name__})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} is not a JSON object")
+    return data
+
+
+def _spread(weights: Sequence[float], layers: Sequence[int], seconds: float, into: list[float]) -> None:
+    """Share `seconds` among `layers` in proportion to their weights (equally where they weigh nothing)."""
+    total = sum(weights[i] for i in layers)
+    for i in layers:
+        into[i] = seconds * (weights[i] / total if total > 0 else 1 / len(layers))
+
+
+def profile_from_run(run_dir: str | Path) -> tuple[Profile, dict[str, Any]]:
+    """The profile a finished `synthgrad parallel` run measured, and what else it says (K, schedule,
+    micro-batches, link, staleness, notes).
+
+    Per-stage compute is compute_s + comm_s per step of each stage (posting sends counts as the stage's work),
+    spread over its layers by their FLOPs (`model_shape`). A torch pipeline schedule times its whole step as
+    compute (bubble included), so its layer times are scaled until the model predicts the measured step; a
+    single-process run's step is train_time_s / steps. Host overhead per step: the training time per step beyond
+    the slowest stage's busy time (compute, wait, comm)."""
+    out = Path(run_dir)
+    summary, config = _read_json(out / "summary.json"), _read_json(out / "config.json")
+    try:
+        schedule = str(summary.get("schedule") or config["schedule"])
+        K, steps, train_s = int(summary["stages"]), int(summary["steps"]), float(summary["train_time_s"])
+        N = int(config["batch_size"])
+        per_stage = list(summary.get("per_stage") or [])
+        link = LinkSpec(float(config.get("link_delay_ms") or 0) / 1e3, parse_bandwidth(config.get("link_bandwidth")))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ConfigError(f"{out}: summary.json or config.json lacks {e} (a run of `synthgrad parallel`?)") from None
+    if schedule not in SCHEDULES:
+        raise ConfigError(f"{out}: plan models pipelines; a {schedule} run has no stages to measure")
+    if steps < 1 or train_s <= 0:
+        raise ConfigError(f"{out}: the run took no training steps")
+    weights, message = model_shape(config)
+    n = len(weights)
+    microbatches = config.get("microbatches")
+    notes = []
+    layer_s = [0.0] * n
+    overhead = 0.0
+    timed = [p for p in per_stage if isinstance(p, dict) and "compute_s" in p]
+    if timed:
+        busiest = max(p["compute_s"] + p.get("wait_s", 0) + p.get("comm_s", 0) for p in timed) / steps
+        overhead = max(0.0, train_s / steps - busiest)
+    if schedule == "single" or not timed:
+        _spread(weights, range(n), train_s / steps, layer_s)
+        notes.append(f"one step of the whole model: {train_s / steps * 1e3:.3g} ms (train_time_s / steps)")
+    elif schedule in TORCH_SCHEDULES:
+        measured = max(p["compute_s"] for p in timed) / steps
+        unit = Profile(tuple(w / sum(weights) for w in weights), (message,) * (n - 1), N)
+        at = {a: predict(schedule, dataclasses.replace(unit, layer_s=tuple(a * s for s in unit.layer_s)), K,
+                         microbatches=microbatches, link=link).step_s for a in (0.0, 1.0)}  # fmt: skip
+        scale = max(0.0, (measured - at[0.0]) / (at[1.0] - at[0.0])) if at[1.0] > at[0.0] else 0.0
+        layer_s = [scale * s for s in unit.layer_s]
+        notes.append(f"{schedule} times its step as compute: layer times scaled to the measured "
+                     f"{measured * 1e3:.3g} ms step by this model")  # fmt: skip
+    else:
+        blocks = split_layers(n, K)
+        for p in timed:
+            k = int(p.get("stage", 0))
+            layers = list(p.get("layers") or blocks[k])
+            _spread(weights, layers, (p["compute_s"] + p.get("comm_s", 0.0)) / steps, layer_s)
+        if schedule == "decoupled":
+            notes.append("stage times include the synthesizers (exact schedules predicted from them carry it too)")
+    threads = {p.get("threads") for p in per_stage if isinstance(p, dict) and p.get("threads")}
+    if threads:
+        notes.append(f"measured with {'/'.join(str(t) for t in sorted(threads))} thread(s) per process")
+    staleness = config.get("max_staleness", 2)
+    info = {"run": str(out), "schedule": schedule, "stages": K, "microbatches": microbatches, "link": link,
+            "staleness": staleness, "measured_samples_per_s": summary.get("samples_per_s"), "notes": notes}  # fmt: skip
+    return Profile(tuple(layer_s), (message,) * (n - 1), N, overhead_s=overhead), info
+
+
+def link_label(link: LinkSpec) -> str:
+    return f"{link.delay_s * 1e3:g} ms one way, {format_bandwidth(link.bandwidth_bps)}"
+
+
+__all__ = [
+    "SCHEDULES",
+    "Prediction",
+    "Profile",
+    "bubble_factor",
+    "fcn_layer_flops",
+    "model_shape",
+    "plan",
+    "predict",
+    "profile_from_run",
+]

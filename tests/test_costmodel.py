@@ -1,0 +1,192 @@
+"""The cost model ([Note: cost model] in synthgrad/parallel/costmodel.py) and `synthgrad plan`: arithmetic only."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from synthgrad.cli import main
+from synthgrad.errors import ConfigError
+from synthgrad.parallel.costmodel import Profile, fcn_layer_flops, plan, predict, profile_from_run
+from synthgrad.parallel.link import LinkSpec
+from synthgrad.parallel.staleness import derive_staleness
+
+N = 256
+
+
+def balanced(K: int, stage_s: float = 0.04, **kw) -> Profile:
+    return Profile.uniform([stage_s] * K, 4096.0, N, **kw)
+
+
+@pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
+@pytest.mark.parametrize(("K", "M"), [(2, 2), (4, 8), (8, 32)])
+def test_gpipe_and_1f1b_bubble_is_k_minus_1_over_m_plus_k_minus_1(schedule, K, M) -> None:
+    p = predict(schedule, balanced(K), K, microbatches=M)
+    assert p.bubble == pytest.approx((K - 1) / (M + K - 1))
+    assert p.step_s == pytest.approx((M + K - 1) * 0.04 / M)
+    assert p.samples_per_s == pytest.approx(N / p.step_s)
+
+
+@pytest.mark.parametrize("schedule", ["interleaved-1f1b", "looped-bfs"])
+def test_interleaved_bubble_divides_by_the_virtual_stages(schedule) -> None:
+    K, M = 4, 8
+    p = predict(schedule, balanced(K), K, microbatches=M)
+    assert p.per_rank == 2
+    assert p.bubble == pytest.approx((K - 1) / (2 * M + K - 1))
+
+
+def test_zero_bubble_schedules_use_the_b_w_split() -> None:
+    K, M = 4, 8
+    zb = predict("zero-bubble", balanced(K), K, microbatches=M)  # ZB-H1: (K−1)(F + B − W), F = B = W = 1/3
+    assert zb.bubble == pytest.approx((K - 1) / (3 * 2 * M + K - 1))
+    assert predict("zbv", balanced(K), K, microbatches=M).bubble == pytest.approx(0.0)  # F + B − 2W = 0
+    heavy_forward = balanced(K, forward_fraction=0.5)  # F = 1/2, B = W = 1/4: F + B − 2W = 1/4
+    zbv = predict("zbv", heavy_forward, K, microbatches=M)
+    tau = 0.04 / M
+    assert zbv.step_s == pytest.approx(M * tau + (K - 1) * tau / 2 * 0.25)  # τ/2: a chunk
+
+
+def test_model_parallel_and_single() -> None:
+    p = predict("model-parallel", balanced(4), 4)
+    assert (p.microbatches, p.bubble) == (1, pytest.approx(3 / 4))
+    assert p.step_s == pytest.approx(4 * 0.04)
+    s = predict("single", balanced(4), 4)
+    assert (s.stages, s.step_s, s.bubble) == (1, pytest.approx(0.16), 0.0)
+
+
+def test_stale_throughput_is_one_over_the_slowest_stage() -> None:
+    prof = Profile.uniform([0.01, 0.03, 0.02], 4096.0, N)
+    p = predict("stale", prof, 3)
+    assert p.step_s == pytest.approx(0.03)
+    assert p.samples_per_s == pytest.approx(N / 0.03)
+    assert p.bubble == pytest.approx(1 - 0.06 / 0.09)
+    with_overhead = predict("stale", Profile.uniform([0.01, 0.03, 0.02], 4096.0, N, overhead_s=0.01), 3)
+    assert with_overhead.samples_per_s == pytest.approx(N / 0.04)
+
+
+def test_decoupled_adds_the_synthesizer_on_every_stage_but_the_last() -> None:
+    prof = Profile.uniform([0.03, 0.03], 4096.0, N, synth_s=0.005)
+    assert predict("decoupled", prof, 2).step_s == pytest.approx(0.035)
+    assert predict("stale", prof, 2).step_s == pytest.approx(0.03)
+    assert predict("decoupled", Profile.uniform([0.03, 0.04], 4096.0, N, synth_s=0.005), 2).step_s == (
+        pytest.approx(0.04)
+    )
+
+
+def test_link_delay_is_hidden_when_the_staleness_bound_is_large_enough() -> None:
+    prof, link = balanced(2, 0.01), LinkSpec(delay_s=0.02)
+    needed = derive_staleness(0.01, link, 0, margin=0)["staleness"]
+    assert needed == 1 + 4  # round trip 40 ms = 4 steps of 10 ms
+    hidden = predict("decoupled", prof, 2, link=link, staleness=needed)
+    assert hidden.step_s == pytest.approx(0.01) and hidden.staleness_needed == needed
+    waiting = predict("decoupled", prof, 2, link=link, staleness=2)  # 3 steps must span 2T + 2d = 60 ms
+    assert waiting.step_s == pytest.approx(0.06 / 3)
+    assert "needed" in waiting.note
+    auto = predict("stale", prof, 2, link=link, staleness="auto")
+    assert auto.staleness == needed + 1 and auto.step_s == pytest.approx(0.01)
+
+
+def test_bandwidth_bounds_the_asynchronous_pipelines() -> None:
+    link = LinkSpec(bandwidth_bps=8e6)  # 1 MB/s: a batch of 256 × 4096 bytes takes 1.05 s
+    p = predict("decoupled", balanced(2, 0.01), 2, link=link, staleness="auto")
+    assert p.step_s == pytest.approx(N * 4096 / 1e6)
+    assert "bandwidth-bound" in p.note
+
+
+def test_flushed_schedules_pay_every_round_trip() -> None:
+    K, M, d = 4, 8, 0.001
+    p = predict("1f1b", balanced(K), K, microbatches=M, link=LinkSpec(delay_s=d))
+    assert p.step_s == pytest.approx((M + K - 1) * 0.04 / M + 2 * (M - 1) * d + 2 * (K - 1) * d)
+    assert p.comm_s == pytest.approx(2 * (M - 1) * d + 2 * (K - 1) * d)
+
+
+def test_impossible_configurations_are_reported() -> None:
+    with pytest.raises(ConfigError, match="need 8 layers"):
+        predict("zero-bubble", Profile((0.1,) * 7, (1.0,) * 6, N), 4)
+    rows = plan(lambda K: Profile((0.1,) * 7, (1.0,) * 6, N), [2, 4], ["zbv", "single"])
+    assert [("skipped" in r) for r in rows] == [False, True, False]
+    with pytest.raises(ConfigError):
+        Profile((0.1, -1.0), (1.0,), N)
+
+
+def write_run(folder, schedule="stale", method="backprop") -> None:
+    folder.mkdir()
+    per_stage = [
+        {"stage": 0, "layers": [0, 1, 2], "compute_s": 35.5, "comm_s": 0.5, "wait_s": 5.0, "threads": 1},
+        {"stage": 1, "layers": [3, 4, 5, 6], "compute_s": 40.0, "comm_s": 0.4, "wait_s": 1.6, "threads": 1},
+    ]
+    summary = {"schedule": schedule, "stages": 2, "steps": 600, "train_time_s": 45.0, "samples_per_s": 3413.3,
+               "per_stage": per_stage}  # fmt: skip
+    config = {"model": "fcn", "dataset": "mnist", "layers": 7, "width": 1024, "batch_size": 256,
+              "schedule": schedule, "method": method, "max_staleness": 1, "microbatches": None,
+              "link_delay_ms": 0.0, "link_bandwidth": None}  # fmt: skip
+    (folder / "summary.json").write_text(json.dumps(summary))
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+def test_profile_from_a_run_folder(tmp_path) -> None:
+    write_run(tmp_path / "run")
+    prof, info = profile_from_run(tmp_path / "run")
+    assert (info["schedule"], info["stages"], info["staleness"]) == ("stale", 2, 1)
+    assert prof.layers == 7 and prof.cut_bytes == (4096.0,) * 6
+    assert sum(prof.layer_s[:3]) == pytest.approx(36.0 / 600)
+    assert sum(prof.layer_s[3:]) == pytest.approx(40.4 / 600)
+    w = fcn_layer_flops(7, 1024)
+    assert prof.layer_s[0] / prof.layer_s[1] == pytest.approx(w[0] / w[1])
+    assert prof.overhead_s == pytest.approx(45.0 / 600 - 42.0 / 600)
+    p = predict("stale", prof, 2, staleness=1)
+    assert p.samples_per_s == pytest.approx(256 / (40.4 / 600 + prof.overhead_s))
+
+
+def test_plan_from_a_run_folder_prints_a_table_and_writes_json(tmp_path, capsys) -> None:
+    write_run(tmp_path / "run")
+    out = tmp_path / "plan.json"
+    code = main(["plan", "--from", str(tmp_path / "run"), "--stages", "2,4", "--schedules", "1f1b,stale",
+                 "--link-delay-ms", "5", "--json", str(out)])  # fmt: skip
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "1f1b" in text and "stale" in text and "samples/s" in text
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["schedule"], r["stages"]) for r in rows] == [("1f1b", 2), ("1f1b", 4), ("stale", 2), ("stale", 4)]
+    assert rows[2]["staleness"] == 1 and "needed" in rows[2]["note"]  # S = 1 cannot hide 10 ms
+
+
+def test_plan_with_explicit_numbers_and_a_plot(tmp_path, capsys) -> None:
+    png = tmp_path / "plan.png"
+    code = main(["plan", "--stage-ms", "10", "--message-kb", "4", "--stages", "2,4,8", "--link-bandwidth", "1gbit",
+                 "--schedules", "1f1b,decoupled,single", "--plot", str(png)])  # fmt: skip
+    assert code == 0 and png.stat().st_size > 1000
+    assert capsys.readouterr().out.count("decoupled") == 3
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["plan"],
+        ["plan", "--stage-ms", "abc"],
+        ["plan", "--stage-ms", "10", "--stages", "2,x"],
+        ["plan", "--stage-ms", "10,20", "--stages", "4"],
+        ["plan", "--stage-ms", "10", "--link-bandwidth", "fast"],
+        ["plan", "--stage-ms", "10", "--schedules", "pipedream"],
+        ["plan", "--stage-ms", "10", "--max-staleness", "-1"],
+        ["plan", "--stage-ms", "10", "--microbatches", "0"],
+        ["plan", "--stage-ms", "10", "--link-delay-ms", "nan"],
+        ["plan", "--from", "/nonexistent/run"],
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(argv, capsys) -> None:
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse's own errors
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and "error" in err
+
+
+def test_from_a_folder_that_is_not_a_run(tmp_path, capsys) -> None:
+    (tmp_path / "summary.json").write_text("[1, 2]")
+    (tmp_path / "config.json").write_text("{}")
+    assert main(["plan", "--from", str(tmp_path)]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
