@@ -125,10 +125,7 @@ class TrainConfig:
         params = first * w + max(0, self.layers - 2) * k * w * w + 10 * w * (64 if self.model == "cnn" else 1)
         if self.method is not Method.BACKPROP:
             params += (self.layers - 1) * k * max(w * w // 8, 2 * 1024 * w + 1024 * 1024)
-        try:
-            memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        except (AttributeError, ValueError, OSError):  # not a POSIX system: no check
-            memory = None
+        memory = physical_memory()
         if memory and self.model in ("fcn", "cnn") and 32 * params > memory:
             raise ConfigError(
                 f"--width {w} with --layers {self.layers} needs about {32 * params / 2**30:.0f} GiB for the "
@@ -437,6 +434,14 @@ class ParallelConfig:
 
 _ENUMS = {"method": Method, "synthesizer": SynthesizerKind}
 _PLAIN = {"str": str, "bool": bool, "int": int, "float": (int, float)}
+
+
+def physical_memory() -> int | None:
+    """This machine's memory in bytes, or None where the system does not say (not POSIX): no check then."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
 
 
 def _check_type(field: dataclasses.Field, v: Any) -> None:

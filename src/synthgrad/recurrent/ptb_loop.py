@@ -13,6 +13,7 @@ from torch import nn
 
 from synthgrad import plots
 from synthgrad.data.ptb import CharCorpus
+from synthgrad.errors import ConfigError
 from synthgrad.optim import adam
 from synthgrad.recurrent.bptt import TruncatedBPTT
 from synthgrad.recurrent.budget import Budget
@@ -100,6 +101,25 @@ class PtbRun:
         best_core.load_state_dict(self.st["best"]["weights"]["core"])
         best_readout.load_state_dict(self.st["best"]["weights"]["readout"])
         return evaluate_bpc(best_core, best_readout, self.test, self.vocab)
+
+
+def check_streams(cfg: RecurrentConfig, corpus: CharCorpus) -> None:
+    """A `ConfigError` naming the fix when a split is too short for its streams (2 characters each at least:
+    an input and its target): training's `batch_size`, validation's and test's `EVAL_ROWS`. Checked as soon as
+    the text is loaded, before the run folder is written."""
+    n = corpus.train.numel()
+    if n // cfg.batch_size < 2:
+        raise ConfigError(
+            f"the PTB training text ({n:,} characters) is too short for --batch-size {cfg.batch_size} streams of "
+            f"2 characters or more: use --batch-size {max(1, n // 2)} or less"
+        )
+    for name, split in (("validation", corpus.valid), ("test", corpus.test)):
+        m = split[: cfg.eval_chars].numel()
+        if m // EVAL_ROWS < 2:
+            raise ConfigError(
+                f"the PTB {name} text ({m:,} characters scored) is too short for its {EVAL_ROWS} evaluation streams: "
+                f"it needs {2 * EVAL_ROWS} characters or more (the full ptb.char files, and --eval-chars)"
+            )
 
 
 def train_ptb(cfg: RecurrentConfig, run: Budget, corpus: CharCorpus, saved: dict | None) -> dict:

@@ -17,7 +17,7 @@ from synthgrad.data.ptb import load_ptb_chars
 from synthgrad.recurrent.budget import Budget
 from synthgrad.recurrent.copy_loop import train_copy
 from synthgrad.recurrent.multinet_loop import train_multinet
-from synthgrad.recurrent.ptb_loop import train_ptb
+from synthgrad.recurrent.ptb_loop import check_streams, train_ptb
 from synthgrad.recurrent.task_config import COPY_TASKS, RecurrentConfig, RecurrentTask
 from synthgrad.training.run_folder import RunFolder, flush_denormals, show_progress
 
@@ -36,6 +36,7 @@ def train_recurrent(cfg: RecurrentConfig, *, resume: bool = False, progress: boo
     data = None
     if cfg.task is RecurrentTask.PTB_CHAR:
         data = load_ptb_chars(resolve_data_dir(cfg.data_dir))
+        check_streams(cfg, data)
     elif cfg.task is RecurrentTask.MULTINET:
         data = load_mnist(resolve_data_dir(cfg.data_dir))
     folder.start()

@@ -19,6 +19,7 @@ from typing import Any
 
 import tomllib
 
+from synthgrad.config import physical_memory
 from synthgrad.errors import ConfigError
 from synthgrad.interface import Interface
 from synthgrad.optim import adam
@@ -178,7 +179,24 @@ class RecurrentConfig:
             raise ConfigError("--task multinet runs locked (--method bptt) or with a DNI (--method dni), not dni-aux")
         r = self.resolve()
         boundary_rule(r.method, discount=r.discount, synthesizer_target=r.synthesizer_target, trace_decay=r.trace_decay)
+        r._check_memory()
         return self
+
+    def _check_memory(self) -> None:
+        """Refuse a --hidden-size too large for this machine's memory before anything is built or written (it would
+        fail deep inside torch, or get the process killed). Parameters, a lower bound: per network (multinet: 2) the
+        LSTM's 4·H², and with a synthesizer its linear map of the state (h, c), (2H)² = 4·H²; 32 bytes each, as
+        for the feed-forward models (`TrainConfig.validate`): the weight, its gradient, Adam's two moments and a
+        checkpoint's copy. Called on the resolved config."""
+        memory, h = physical_memory(), self.hidden_size
+        networks = 2 if self.task is RecurrentTask.MULTINET else 1
+        params = networks * (4 + (4 if self.method is not RecurrentMethod.BPTT else 0)) * h * h
+        if memory and 32 * params > memory:
+            raise ConfigError(
+                f"--hidden-size {h} needs about {32 * params / 2**30:,.0f} GiB for the weights, gradients, Adam's "
+                f"moments and a checkpoint, more than this machine's {memory / 2**30:.0f} GiB of memory: choose a "
+                "smaller --hidden-size"
+            )
 
     def _value_checks(self) -> list[tuple[bool, str]]:
         """(holds, message) for every field's own range (the synthesizer's are `boundary_rule`'s)."""
@@ -190,6 +208,11 @@ class RecurrentConfig:
             (self.synthesizer_lr is None or self.synthesizer_lr > 0, "--synthesizer-lr must be > 0"),
             (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
             (self.aux_weight is None or self.aux_weight >= 0, f"--aux-weight must be >= 0, got {self.aux_weight}"),
+            # torch seeds are 64-bit; a TOML file's seed does not pass the command line's check (cli._seed)
+            (
+                isinstance(self.seed, int) and not isinstance(self.seed, bool) and 0 <= self.seed < 2**32,
+                f"--seed must be a whole number in 0..{2**32 - 1}, got {self.seed!r}",
+            ),
             (self.max_samples is None or self.max_samples >= 1, f"--max-samples must be >= 1, got {self.max_samples}"),
             (self.max_minutes is None or self.max_minutes > 0, f"--max-minutes must be > 0, got {self.max_minutes}"),
             (self.curriculum_threshold > 0, f"--curriculum-threshold must be > 0, got {self.curriculum_threshold}"),

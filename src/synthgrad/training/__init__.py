@@ -54,11 +54,16 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | None = Non
 
         return train_lm(cfg, run, saved, progress=progress)
     data = load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download).to(cfg.device)
+    examples = min(cfg.train_limit or len(data.train_labels), len(data.train_labels))
+    if examples < cfg.batch_size:  # before the folder is written: a refused run leaves nothing behind
+        raise ConfigError(
+            f"--batch-size {cfg.batch_size} is more than the {examples} training examples of {cfg.dataset} found: "
+            f"use --batch-size {examples} or less"
+        )
     run.start()
     try:
         with flush_denormals():
             net = build_network(cfg, data.input_shape, data.num_classes).to(cfg.device)
-            examples = min(cfg.train_limit or len(data.train_labels), len(data.train_labels))
             task = classification(data, examples, conditioned=cfg.method is Method.CDNI)
             job = ChainJob(net, task, diagnose_every=cfg.diagnose_every)
             if saved is not None:
