@@ -21,7 +21,8 @@ A trainer is a thin loop over `TruncatedBPTT.train_chunk` (streams, e.g. PTB) or
 Files: `cells.py` (cores, state, trace Jacobians), `chunk.py` (unroll, chunk stats), `boundary.py` (the parts
 of a method), `sequence_targets.py` (exact and λ-return targets), `bptt.py` (`TruncatedBPTT`), `tasks.py`
 (data), `task_config.py` (`RecurrentConfig`), `runner.py` (`train_recurrent`) with one loop per task
-(`copy_loop.py`, `ptb_loop.py`, `multinet_loop.py`; the two networks: `multinet.py`) on `budget.py`.
+(`copy_loop.py`, `ptb_loop.py`, `multinet_loop.py`; the two networks: `multinet.py`) on `budget.py`;
+`rescore.py` re-scores a finished Copy run under the per-step reading of the error threshold.
 """
 
 from synthgrad.recurrent.boundary import (
