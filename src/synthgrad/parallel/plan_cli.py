@@ -202,6 +202,7 @@ def plot_rows(rows: list[dict[str, Any]], path: str | Path, title: str) -> None:
             ax.plot([r["stages"] for r in got], [r["samples_per_s"] for r in got], marker="o", **style)
     ax.set(xlabel="K (ranks)", ylabel="predicted samples/s", xscale="log", yscale="log", title=title)
     ax.set_xticks(ks, [str(k) for k in ks])
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, ncol=2)
     fig.tight_layout()

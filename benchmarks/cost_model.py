@@ -1,0 +1,322 @@
+"""The cost model ([Note: cost model] in synthgrad/parallel/costmodel.py) against measured runs, then a projection.
+
+    python benchmarks/cost_model.py [--measured benchmarks/results/time_to_accuracy.json] [--calibrate stale]
+        [--json benchmarks/results/cost_model.json] [--plot benchmarks/results/cost_model_projection.png]
+
+Validation. The measured runs are those of benchmarks/time_to_accuracy.py (K = 2 processes, MNIST FCN 7 × 1024,
+batch 256, each process one thread pinned to its own core). One run calibrates the model, the stale pipeline by
+default (exact backprop stages, whole batches, the same split of layers as 1F1B): each stage's compute + comm
+per step, spread over its layers by their FLOPs (`synthgrad plan --from` does exactly this), and the host's
+overhead per step (training time per step beyond the slowest stage's busy time: data, the loop). Every measured
+configuration is then predicted from that one profile and nothing else:
+
+- torch pipeline schedules and model-parallel: the profile, cut and placed as the schedule places it, with the
+  run's micro-batches;
+- single process with T threads: the profile's layer times divided by T, the stated assumption that T threads
+  give T times one thread's rate on these 1024-wide matrix products (intra-op scaling is not measured here);
+- decoupled (cDNI, DNI): the profile plus each synthesizer's cost from its FLOPs at the stage's measured rate
+  (low rank width/16 with the label for cDNI), and for DNI, which folds every 3rd batch's true gradient in, a
+  third of the stage's backward per step;
+- the stale run itself (in-sample for the overhead, so not a test of it).
+
+A second view ("own") predicts each asynchronous run from its own per-stage compute + comm (the cost model's use
+as `synthgrad plan --from RUN`), with the calibration run's overhead. A torch pipeline's per-stage compute_s holds
+its bubble (the schedule is timed as one piece), so those runs cannot be predicted from their own numbers.
+Relative error = predicted / measured − 1. Nothing is fitted to the runs being predicted.
+
+Projection (labelled PROJECTION: no GPU measured it). The FCN's 1024-wide layer on an assumed H100 SXM: bf16,
+FLOPs at an assumed achieved 100 TFLOP/s (about a tenth of the dense peak, for matrix products this small), a
+fixed 10 µs per layer and micro-batch (kernel launches), Adam's update at 3.35 TB/s (16 bytes per parameter);
+bf16 messages (2 bytes per activation); links of 25 GB/s with 5 µs one way (a datacenter interconnect) and of
+1 Gbit/s with 20 ms (a slow, cross-site link). Models: the 7 × 1024 FCN itself (K ≤ 7, its layer count) and the
+same layer 128 deep (784 → 126 × 1024 → 10) for K = 2 … 64. Batch 256; a flushed schedule at its best number
+of micro-batches (powers of two from K to the batch); staleness: auto.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import shlex
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from synthgrad.parallel.costmodel import (  # noqa: E402
+    FLUSHED,
+    SCHEDULES,
+    Profile,
+    fcn_layer_flops,
+    plan,
+    predict,
+    profile_from_run,
+)
+from synthgrad.parallel.link import LinkSpec  # noqa: E402
+from synthgrad.parallel.partition import split_layers  # noqa: E402
+
+RESULTS = REPO / "benchmarks" / "results"
+GOAL = 0.15  # the issue's: within 15 % of every measured configuration
+
+# The projection's assumptions (stated in the module's docstring and written into the JSON).
+DEVICE = {
+    "name": "H100 SXM (assumed, not measured)",
+    "achieved_flops": 100e12,
+    "fixed_s_per_layer_microbatch": 10e-6,
+    "hbm_bytes_per_s": 3.35e12,
+    "adam_bytes_per_param": 16,
+    "activation_bytes": 2,
+}
+LINKS = {
+    "datacenter: 25 GB/s, 5 us": LinkSpec(5e-6, 25e9 * 8),
+    "slow: 1 Gbit/s, 20 ms": LinkSpec(20e-3, 1e9),
+}
+
+
+def flag(words: list[str], name: str, default=None):
+    return words[words.index(name) + 1] if name in words else default
+
+
+def run_config(command: str) -> dict:
+    """What `synthgrad parallel`'s command line says about a run (the parts the model needs)."""
+    w = shlex.split(command)
+    method = flag(w, "--method", "backprop")
+    schedule = flag(w, "--schedule", "decoupled" if method != "backprop" else "model-parallel")
+    micro = flag(w, "--microbatches")
+    return {
+        "model": flag(w, "--model", "fcn"),
+        "dataset": "mnist",
+        "layers": int(flag(w, "--layers", 7)),
+        "width": int(flag(w, "--width", 1024)),
+        "batch_size": int(flag(w, "--batch-size", 256)),
+        "schedule": schedule,
+        "method": method,
+        "stages": int(flag(w, "--stages", 2)),
+        "threads": int(flag(w, "--threads", 1)),
+        "microbatches": int(micro) if micro else None,
+        "max_staleness": int(flag(w, "--max-staleness", 2)),
+        "link_delay_ms": float(flag(w, "--link-delay-ms", 0.0)),
+        "link_bandwidth": flag(w, "--link-bandwidth"),
+        "synthesizer_rank": max(16, int(flag(w, "--width", 1024)) // 16),  # config.resolve's default (low rank)
+        "fold_every": 3 if method == "dni" else 0,  # config.resolve's default for DNI
+    }
+
+
+def profile_of(run: dict, tmp: Path) -> tuple[Profile, dict]:
+    """`profile_from_run` on a folder holding the run's summary and config, as `synthgrad plan --from` reads it."""
+    folder = tmp / Path(run["summary"].get("out", "") or run["command"].split("--out ")[1].split()[0]).name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "summary.json").write_text(json.dumps(run["summary"]))
+    (folder / "config.json").write_text(json.dumps(run_config(run["command"])))
+    return profile_from_run(folder)
+
+
+def synthesizer_cost(cfg: dict, profile: Profile, stage_layers: range) -> float:
+    """Seconds per batch of stage's synthesizer (and DNI's folding) at the stage's measured rate."""
+    flops = fcn_layer_flops(cfg["layers"], cfg["width"])
+    stage_s = sum(profile.layer_s[i] for i in stage_layers)
+    rate = stage_s / sum(flops[i] for i in stage_layers)  # seconds per FLOP-per-example unit
+    d, r = cfg["width"], cfg["synthesizer_rank"]
+    context = 10 if cfg["method"] == "cdni" else 0
+    synth = 3 * 2 * ((d + context) * r + r * d)  # forward, and its regression's gradients (2 × forward)
+    fold = (1 - profile.forward_fraction) * stage_s / cfg["fold_every"] if cfg["fold_every"] else 0.0
+    return synth * rate + fold
+
+
+def validate(measured: dict, calibrate: str, tmp: Path) -> dict:
+    runs = {name: group for name, group in measured["runs"]} if isinstance(measured["runs"], list) else (
+        measured["runs"])  # fmt: skip
+    if calibrate not in runs:
+        raise SystemExit(f"no run named {calibrate!r} in the measured file (have: {', '.join(runs)})")
+    cal_run = runs[calibrate][0]
+    base, info = profile_of(cal_run, tmp)
+    cal_cfg = run_config(cal_run["command"])
+    rows = []
+    for name, group in runs.items():
+        group = [r for r in group if (r.get("summary") or {}).get("samples_per_s")]  # a failed run has none
+        if not group:
+            continue
+        cfg = run_config(group[0]["command"])
+        sched, K = cfg["schedule"], cfg["stages"]
+        measured_sps = statistics.median(r["summary"]["samples_per_s"] for r in group)
+        prof, how = base, f"calibrated on {calibrate}"
+        if sched == "single":
+            prof = dataclasses.replace(base, layer_s=tuple(s / cfg["threads"] for s in base.layer_s))
+            how += f"; layer times / {cfg['threads']} threads (assumed linear intra-op scaling)"
+        if sched == "decoupled":
+            synth = synthesizer_cost(cfg, base, split_layers(cfg["layers"], K)[0])
+            prof = dataclasses.replace(base, synth_s=synth)
+            how += f"; + synthesizer{' and folding' if cfg['fold_every'] else ''} {synth * 1e3:.2f} ms/step (FLOPs)"
+        kw = {"microbatches": cfg["microbatches"], "staleness": cfg["max_staleness"],
+              "link": LinkSpec(cfg["link_delay_ms"] / 1e3)}  # fmt: skip
+        p = predict(sched, prof, K, **kw)
+        bare = predict(sched, dataclasses.replace(prof, overhead_s=0.0), K, **kw)
+        row = {
+            "config": name,
+            "schedule": sched,
+            "method": cfg["method"],
+            "stages": K,
+            "microbatches": p.microbatches,
+            "threads": cfg["threads"],
+            "seeds": len(group),
+            "measured_samples_per_s": measured_sps,
+            "predicted_samples_per_s": p.samples_per_s,
+            "relative_error": p.samples_per_s / measured_sps - 1,
+            "predicted_without_overhead": bare.samples_per_s,
+            "relative_error_without_overhead": bare.samples_per_s / measured_sps - 1,
+            "predicted_bubble": p.bubble,
+            "role": "calibration (in-sample)" if name == calibrate else "validation",
+            "how": how,
+        }
+        if sched == "zero-bubble":  # what it would be if splitting B and W bought nothing
+            row["if_no_bw_gain_interleaved_1f1b"] = predict("interleaved-1f1b", prof, K, **kw).samples_per_s
+        if sched in ("stale", "decoupled") and name != calibrate:
+            own, _ = profile_of(group[0], tmp)
+            own = dataclasses.replace(own, overhead_s=base.overhead_s)
+            o = predict(sched, own, K, **kw)
+            row["own_stage_times_predicted"] = o.samples_per_s
+            row["own_stage_times_relative_error"] = o.samples_per_s / measured_sps - 1
+        rows.append(row)
+    within = [r for r in rows if r["role"] == "validation"]
+    return {
+        "measured_file": "benchmarks/results/time_to_accuracy.json",
+        "calibration_run": calibrate,
+        "calibration_command": cal_run["command"],
+        "profile": {
+            "layer_ms": [round(s * 1e3, 4) for s in base.layer_s],
+            "overhead_ms": base.overhead_s * 1e3,
+            "cut_bytes_per_example": base.cut_bytes[0],
+            "notes": info["notes"],
+            "calibration_config": cal_cfg,
+        },  # fmt: skip
+        "rows": rows,
+        "goal": f"|relative error| <= {GOAL:.0%} for every measured configuration",
+        "all_within_goal": all(abs(r["relative_error"]) <= GOAL for r in within),
+        "max_abs_error_validation": max((abs(r["relative_error"]) for r in within), default=None),
+    }
+
+
+# ---------------------------------------------------------------------- the projection
+def gpu_profile(layers: int, width: int = 1024, batch: int = 256, method: str = "cdni") -> Profile:
+    flops = fcn_layer_flops(layers, width)
+    dims = [784] + [width] * (layers - 1) + [10]
+    update = [dims[i] * dims[i + 1] * DEVICE["adam_bytes_per_param"] / DEVICE["hbm_bytes_per_s"] for i in range(layers)]
+    layer_s = tuple(f * batch / DEVICE["achieved_flops"] + u for f, u in zip(flops, update, strict=True))
+    rank, context = max(16, width // 16), 10 if method == "cdni" else 0
+    synth = 3 * 2 * ((width + context) * rank + rank * width) * batch / DEVICE["achieved_flops"]
+    synth += 3 * DEVICE["fixed_s_per_layer_microbatch"]  # its two products and the regression's step
+    return Profile(layer_s, (width * DEVICE["activation_bytes"],) * (layers - 1), batch,
+                   fixed_s=DEVICE["fixed_s_per_layer_microbatch"], synth_s=synth)  # fmt: skip
+
+
+def best_rows(prof: Profile, ks: list[int], link: LinkSpec) -> list[dict]:
+    """Every schedule at every K; a flushed schedule at its best micro-batch count (powers of two from K, 2K
+    for dualpipev, up to the batch), as the time-to-accuracy benchmark keeps each schedule's best."""
+    rows = []
+    for row in plan(lambda K: prof, ks, SCHEDULES, link=link, staleness="auto"):
+        if "skipped" not in row and row["schedule"] in FLUSHED:
+            K, least = row["stages"], row["stages"] * (2 if row["schedule"] == "dualpipev" else 1)
+            options = [m for m in (2**i for i in range(13)) if least <= m <= prof.batch_size] or [row["microbatches"]]
+            tries = [predict(row["schedule"], prof, K, microbatches=m, link=link).as_dict() for m in options]
+            row = max(tries, key=lambda r: r["samples_per_s"])
+        rows.append(row)
+    return rows
+
+
+def project() -> dict:
+    out = {"label": "PROJECTION (assumed device and links; not measured)", "device": DEVICE,
+           "microbatches": "flushed schedules at their best M (powers of two, K..batch)", "models": {}}  # fmt: skip
+    models = {"fcn 7x1024": (7, [2, 4, 7]), "fcn 128x1024": (128, [2, 4, 8, 16, 32, 64])}
+    for model, (layers, ks) in models.items():
+        prof = gpu_profile(layers)
+        out["models"][model] = {
+            "layers": layers,
+            "total_compute_ms_per_batch": sum(prof.layer_s) * 1e3 + layers * prof.fixed_s * 1e3,
+            "links": {name: best_rows(prof, ks, link) for name, link in LINKS.items()},
+        }
+    return out
+
+
+def plot(projection: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    model = projection["models"]["fcn 128x1024"]
+    fig, axes = plt.subplots(1, len(model["links"]), figsize=(13, 5), sharey=True)
+    for ax, (name, rows) in zip(axes, model["links"].items(), strict=True):
+        ks = sorted({r["stages"] for r in rows if "skipped" not in r and r["schedule"] != "single"})
+        for i, schedule in enumerate(SCHEDULES):
+            got = [r for r in rows if r["schedule"] == schedule and "skipped" not in r]
+            style = {"color": f"C{i % 10}", "label": schedule, "linestyle": "--" if schedule in ("stale",) else "-"}
+            if schedule == "single":
+                ax.plot([ks[0], ks[-1]], [got[0]["samples_per_s"]] * 2, linestyle=":", color="k", label="single")
+            elif got:
+                ax.plot([r["stages"] for r in got], [r["samples_per_s"] for r in got], marker="o", ms=3, **style)
+        ax.set(xscale="log", yscale="log", xlabel="K (ranks)", title=f"link {name}")
+        ax.set_xticks(ks, [str(k) for k in ks])
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        ax.grid(alpha=0.3, which="both")
+    axes[0].set_ylabel("predicted samples/s")
+    axes[-1].legend(fontsize=8, ncol=2)
+    fig.suptitle("PROJECTION (cost model, not measured): FCN 128 x 1024, batch 256, on an assumed H100 "
+                 "(100 TFLOP/s achieved, 10 us/layer/micro-batch);\nexact schedules at their best micro-batch count, "
+                 "stale/decoupled at auto staleness")  # fmt: skip
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--measured", default=str(RESULTS / "time_to_accuracy.json"))
+    ap.add_argument("--calibrate", default="stale", help="the run that calibrates the profile")
+    ap.add_argument("--json", default=str(RESULTS / "cost_model.json"))
+    ap.add_argument("--plot", default=str(RESULTS / "cost_model_projection.png"))
+    args = ap.parse_args()
+    measured = json.loads(Path(args.measured).read_text())
+    with tempfile.TemporaryDirectory() as tmp:
+        validation = validate(measured, args.calibrate, Path(tmp))
+    print(f"VALIDATION against {args.measured} (calibrated on {args.calibrate}; goal within {GOAL:.0%})")
+    print(f"{'config':<16}{'role':<24}{'measured':>10}{'predicted':>11}{'error':>8}{'no-ovh':>8}{'own':>8}")
+    for r in validation["rows"]:
+        own = r.get("own_stage_times_relative_error")
+        print(f"{r['config']:<16}{r['role']:<24}{r['measured_samples_per_s']:>10.0f}"
+              f"{r['predicted_samples_per_s']:>11.0f}{r['relative_error']:>+8.1%}"
+              f"{r['relative_error_without_overhead']:>+8.1%}{'' if own is None else f'{own:+.1%}':>8}")  # fmt: skip
+    print(f"all validation rows within {GOAL:.0%}: {validation['all_within_goal']} "
+          f"(max |error| {validation['max_abs_error_validation']:.1%})")  # fmt: skip
+    projection = project()
+    for model, m in projection["models"].items():
+        for link, rows in m["links"].items():
+            print(f"\nPROJECTION {model} ({m['total_compute_ms_per_batch']:.3f} ms compute per batch), link {link}")
+            print(f"{'schedule':<17}{'K':>4}{'M':>5}{'samples/s':>12}{'bubble':>9}  note")
+            for r in rows:
+                if "skipped" in r:
+                    continue
+                print(f"{r['schedule']:<17}{r['stages']:>4}{r['microbatches']:>5}{r['samples_per_s']:>12.0f}"
+                      f"{r['bubble']:>9.1%}  {r['note']}")  # fmt: skip
+    result = {
+        "meta": {
+            "machine": platform.machine(),
+            "python": platform.python_version(),
+            "measured_meta": measured.get("meta"),
+        },  # fmt: skip
+        "model": "[Note: cost model] in src/synthgrad/parallel/costmodel.py",
+        "validation": validation,
+        "projection": projection,
+    }
+    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    plot(projection, Path(args.plot))
+    print(f"\nwrote {args.json} and {args.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
