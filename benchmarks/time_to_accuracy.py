@@ -2,6 +2,8 @@
 
     python benchmarks/time_to_accuracy.py --data-dir DIR --json OUT [--seeds 3] [--epochs 6] [--target 98.0]
         [--methods a,b,...] [--microbatches 2,4,8] [--quick] [--plot OUT.png] [--keep DIR]
+    python benchmarks/time_to_accuracy.py --workload gpt --data-dir DIR --json OUT [--target-bpc 2.5]
+        [--max-tokens 6000000] ...
 
 Every method trains the same model on the same batches through the same launcher (`synthgrad parallel`), one run
 after another (never two at once), each process one thread pinned to its own core (`--pin-cores`); the single
@@ -12,7 +14,11 @@ per schedule is kept; a schedule that cannot run here is reported with its error
 run, the per-method summary (median and spread over seeds), and one plot of test error against training time.
 
 Default workload: MNIST FCN, 7 layers (6 hidden of 1024, BN), batch 256, Adam 1e-4, K = 2 stages of 3 + 4 layers,
-6 epochs, target 98.0 % accuracy (2.0 % test error). `--quick` checks that everything runs (a few steps, tiny
+6 epochs, target 98.0 % accuracy (2.0 % test error). `--workload gpt`: the transformer language model of issue
+#19 at its default size (4 pre-LN blocks of width 64, 4 heads, windows of 64 characters of PTB, batch 32, each
+method's default recipe), cut after block 2, a budget of `--max-tokens`, evaluated every `--eval-tokens` (the
+whole validation and test text each time: evaluation time is excluded from the training time), target validation
+bits per character `--target-bpc`. `--quick` checks that everything runs (a few steps, tiny
 model): no figure of it means anything.
 """
 
@@ -69,11 +75,12 @@ def run_one(name: str, args: list[str], stages: int, threads: int, common: list[
         return {"error": error, "command": command}
     summary = json.loads((out / "summary.json").read_text())
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    curve = [(r["train_time_s"], r["test_error"]) for r in rows]
+    metric = "valid_bpc" if "valid_bpc" in summary else "test_error"  # the first metric: what the target is on
+    curve = [(r["train_time_s"], r[metric]) for r in rows]
     ttt = summary.get("time_to_target_s")
     shown = "–" if ttt is None else f"{ttt:.1f} s"
     print(f"{name:24s} {summary['samples_per_s']:8.0f} samples/s  time to target {shown}  final "
-          f"{summary['test_error']:.2f}%", flush=True)  # fmt: skip
+          f"{metric} {summary[metric]:.3f}", flush=True)  # fmt: skip
     return {"command": command, "summary": summary, "curve": curve}
 
 
@@ -85,11 +92,13 @@ def summarize(runs: list[dict]) -> dict:
     ttt = [r["summary"]["time_to_target_s"] for r in ok]
     reached = [t for t in ttt if t is not None]
     sps = [r["summary"]["samples_per_s"] for r in ok]
+    metric = "valid_bpc" if "valid_bpc" in ok[0]["summary"] else "test_error"
     return {
         "time_to_target_s": statistics.median(reached) if len(reached) == len(ttt) else None,
         "time_to_target_runs": ttt,
         "samples_per_s": statistics.median(sps),
-        "final_test_error": statistics.median(r["summary"]["test_error"] for r in ok),
+        "metric": metric,
+        f"final_{metric}": statistics.median(r["summary"][metric] for r in ok),
         "peak_rss_mb": [
             max(s["peak_rss_mb"] for r in ok for s in r["summary"]["per_stage"] if s["stage"] == k)
             for k in range(len(ok[0]["summary"]["per_stage"]))
@@ -113,7 +122,7 @@ def best_microbatches(results: dict, name: str, counts: list[int]) -> dict:
     return {**ok[m], "microbatches": m, "errors": {k: v["error"] for k, v in tried.items() if "error" in v}}
 
 
-def plot(results: dict, runs: dict, path: Path, target: float) -> None:
+def plot(results: dict, runs: dict, path: Path, target: float, metric: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -126,8 +135,9 @@ def plot(results: dict, runs: dict, path: Path, target: float) -> None:
         curve = next((r["curve"] for r in runs.get(key, []) if "curve" in r), None)
         if curve:
             ax.plot(*zip(*curve, strict=True), label=label, lw=2 if name in FAMILIES["decoupled"] else 1)
-    ax.axhline(100 - target, color="grey", ls="--", lw=0.8)
-    ax.set(xlabel="training time (s)", ylabel="test error (%)", yscale="log", title="time to accuracy (seed 0)")
+    ax.axhline(target, color="grey", ls="--", lw=0.8)
+    ylabel = "validation bits per character" if metric == "valid_bpc" else "test error (%)"
+    ax.set(xlabel="training time (s)", ylabel=ylabel, yscale="log", title="time to target (seed 0)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
@@ -138,6 +148,10 @@ def plot(results: dict, runs: dict, path: Path, target: float) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", required=True)
+    p.add_argument("--workload", choices=("fcn", "gpt"), default="fcn")
+    p.add_argument("--target-bpc", type=float, default=2.5, help="gpt: validation bits per character")
+    p.add_argument("--max-tokens", type=int, default=6_000_000, help="gpt: training tokens per run")
+    p.add_argument("--eval-tokens", type=int, default=400_000, help="gpt: tokens between evaluations")
     p.add_argument("--json", required=True)
     p.add_argument("--plot", help="the figure (default: next to --json)")
     p.add_argument("--seeds", type=int, default=3)
@@ -161,7 +175,18 @@ def main() -> None:
     counts = [int(m) for m in args.microbatches.split(",")]
     common = ["--data-dir", args.data_dir, "--model", "fcn", "--batch-size", "256", "--lr", "1e-4", "--target-accuracy",
               str(args.target), "--layers", str(args.layers), "--width", str(args.width)]  # fmt: skip
-    if args.quick:
+    metric, target = "test_error", 100.0 - args.target
+    if args.workload == "gpt":  # every other option at the model's defaults (config.py, [Note: GPT recipe])
+        metric, target = "valid_bpc", args.target_bpc
+        common = ["--data-dir", args.data_dir, "--model", "gpt", "--dataset", "ptb-char",
+                  "--target-bpc", str(args.target_bpc), "--max-tokens", str(args.max_tokens),
+                  "--eval-tokens", str(args.eval_tokens)]  # fmt: skip
+        if args.quick:
+            common[common.index("--max-tokens") + 1] = "16384"
+            common += ["--eval-every", "2", "--layers", "2", "--width", "16", "--heads", "2", "--context", "16"]
+        elif not args.full_curves:
+            common += ["--stop-at-target"]
+    elif args.quick:
         common += ["--epochs", "1", "--train-limit", "1024", "--eval-every", "2"]
         common[common.index("--width") + 1] = "32"
     else:
@@ -185,14 +210,15 @@ def main() -> None:
     results = {n: best_microbatches(per_key, n, counts) if n in TORCH_SCHEDULES else per_key[n] for n in names}
     meta = {"machine": f"{platform.machine()} {platform.processor()}".strip(), "cores": os.cpu_count(),
             "python": platform.python_version(), "date": time.strftime("%Y-%m-%d"), "quick": args.quick,
-            "target_accuracy": args.target, "common": " ".join(common), "runs": str(work)}  # fmt: skip
+            "workload": args.workload, "metric": metric, "target": target, "common": " ".join(common),
+            "runs": str(work)}  # fmt: skip
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps({"meta": meta, "results": results, "runs": runs}, indent=2) + "\n")
-    plot(results, runs, Path(args.plot) if args.plot else Path(args.json).with_suffix(".png"), args.target)
+    plot(results, runs, Path(args.plot) if args.plot else Path(args.json).with_suffix(".png"), target, metric)
     for name, r in results.items():
-        t = r.get("time_to_target_s")
+        t, final = r.get("time_to_target_s"), r.get(f"final_{metric}", float("nan"))
         print(f"{name:18s} time to target {'–' if t is None else f'{t:6.1f} s'}  {r.get('samples_per_s') or 0:7.0f} "
-              f"samples/s  final {r.get('final_test_error', float('nan')):.2f}%  {r.get('error', '')}")  # fmt: skip
+              f"samples/s  final {metric} {final:.3f}  {r.get('error', '')}")  # fmt: skip
     print(f"wrote {args.json}")
 
 
