@@ -208,7 +208,7 @@ class RecurrentConfig:
             (self.synthesizer_lr is None or self.synthesizer_lr > 0, "--synthesizer-lr must be > 0"),
             (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
             (self.aux_weight is None or self.aux_weight >= 0, f"--aux-weight must be >= 0, got {self.aux_weight}"),
-            # torch seeds are 64-bit; a TOML file's seed does not pass the command line's check (cli._seed)
+            # torch seeds are 64-bit; a TOML file's seed does not pass the command line's check (cli_options._seed)
             (
                 isinstance(self.seed, int) and not isinstance(self.seed, bool) and 0 <= self.seed < 2**32,
                 f"--seed must be a whole number in 0..{2**32 - 1}, got {self.seed!r}",
