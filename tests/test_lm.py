@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from helpers import checkpoint_of, run_cli
-from synthgrad.config import Method, ParallelConfig, TrainConfig, from_dict
+from synthgrad.config import Method, TrainConfig, from_dict
 from synthgrad.data.ptb import load_ptb
 from synthgrad.errors import ConfigError
+from synthgrad.parallel.config import ParallelConfig
 from synthgrad.synthesizers import SynthesizerKind
 
 WORDS = ["the", "a", "cat", "dog", "sat", "ran", "on", "mat", "market", "stock", "rose", "fell", "new", "york",

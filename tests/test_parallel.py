@@ -277,7 +277,7 @@ def test_port_in_use_is_a_clear_error(data, tmp_path) -> None:
 
 
 def test_rendezvous_defaults_to_loopback() -> None:
-    from synthgrad.config import ParallelConfig
+    from synthgrad.parallel.config import ParallelConfig
 
     assert ParallelConfig(train=TrainConfig()).master_addr == "127.0.0.1"
 

@@ -133,7 +133,8 @@ def _cmd_train_recurrent(args: argparse.Namespace) -> int:
 def _cmd_parallel(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from synthgrad.config import Method, ParallelConfig, ScheduleKind
+    from synthgrad.config import Method
+    from synthgrad.parallel.config import ParallelConfig, ScheduleKind
     from synthgrad.parallel.runtime import env_rank_world
 
     cfg = config_from_args(args)

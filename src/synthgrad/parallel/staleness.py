@@ -72,8 +72,8 @@ def derive_staleness(step_s: float, link: LinkSpec, message_bytes: int, margin: 
 # ---------------------------------------------------------------------- measuring a stage
 def _network(pcfg, device: torch.device):
     """The chain `pcfg` trains (decoupled or stale), built as the stage job builds it, and its cut shapes."""
-    from synthgrad.config import ScheduleKind
     from synthgrad.decoupled import infer_shapes
+    from synthgrad.parallel.config import ScheduleKind
     from synthgrad.parallel.partition import cuts_of, split_layers
     from synthgrad.training import build_network
     from synthgrad.training.build import build_stale_network
@@ -171,7 +171,7 @@ def staleness_memory(pcfg, k: int, device: torch.device | None = None) -> dict[s
 def resolve_auto_staleness(pcfg, rt, resume: bool):
     """`pcfg` with S derived ([Note: auto staleness]), the same on every rank; on resume, the S the run's
     checkpoint was written with."""
-    from synthgrad.config import ScheduleKind
+    from synthgrad.parallel.config import ScheduleKind
 
     saved = None
     if resume and rt.rank == 0:

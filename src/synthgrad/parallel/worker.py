@@ -13,9 +13,10 @@ import os
 
 import torch
 
-from synthgrad.config import TORCH_PIPELINES, Method, ParallelConfig, ScheduleKind
+from synthgrad.config import Method
 from synthgrad.data import ImageDataset, load_dataset
 from synthgrad.errors import ConfigError
+from synthgrad.parallel.config import TORCH_PIPELINES, ParallelConfig, ScheduleKind
 from synthgrad.parallel.exact import DDPJob, ModelParallelJob
 from synthgrad.parallel.partition import cuts_of, split_layers
 from synthgrad.parallel.runtime import Runtime
