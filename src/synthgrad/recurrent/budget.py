@@ -21,9 +21,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch import nn
 from tqdm import tqdm
 
 from synthgrad.errors import TrainingDiverged
+from synthgrad.training.chain_job import first_nonfinite, state_tensors
+from synthgrad.training.loop import DivergenceGuard
 from synthgrad.training.run_folder import MANIFEST, Progress, RunFolder
 
 
@@ -48,6 +52,7 @@ class Budget:
         desc: str = "",
     ) -> None:
         self.folder = folder
+        self._guard: DivergenceGuard | None = None  # of the model `check_step` watches
         self.max_samples, self.max_minutes, self.log_every = max_samples, max_minutes, log_every
         self._bar = tqdm(
             total=max_samples, initial=self.progress.samples, unit="sample", desc=desc, disable=not show, leave=False
@@ -92,11 +97,51 @@ class Budget:
     def check_finite(self, value: float, what: str) -> None:
         """Raise `TrainingDiverged` (exit 3 from the CLI) when `value` is NaN or infinite."""
         if not math.isfinite(value):
-            last = self.out / MANIFEST
-            where = f"the last good checkpoint is named in {last}" if last.exists() else "no checkpoint was written yet"
-            raise TrainingDiverged(
-                f"training diverged: {what} is {value} after {self.progress.samples} samples; {where}"
+            self._diverged(f"{what} is {value}")
+
+    def check_step(self, loss: float, what: str, model: nn.Module, *, steps: int = 1) -> None:
+        """After every update, [Note: divergence] in training/loop.py for a recurrent run: raise `TrainingDiverged`
+        (exit 3 from the CLI) when `loss` is NaN or infinite, when the loss per time step (`loss / steps`: Copy's
+        sequences grow with the curriculum, PTB's last chunk is shorter) exceeds max(GROWTH × the run's first
+        update's, FLOOR), or when a weight, buffer or optimizer state under `model` is not finite (every
+        `nn.Module` and optimizer reachable from its modules' attributes). Checked before the update's metric row
+        and checkpoint, so no checkpoint holds a non-finite value. The first update's loss is kept in the run's
+        progress: a resumed run stops where the uninterrupted one does."""
+        self.check_finite(loss, what)
+        per_step, p = loss / steps, self.progress
+        if p.start_loss is None:
+            p.start_loss = per_step
+        if per_step > max(DivergenceGuard.GROWTH * p.start_loss, DivergenceGuard.FLOOR):
+            self._diverged(
+                f"{what} grew to {per_step:.3g} per time step (over {DivergenceGuard.GROWTH:g}× the first "
+                f"update's {p.start_loss:.3g})"
             )
+        if self._guard is None or self._guard.job.model is not model:
+            self._guard = DivergenceGuard(_Watched(model))
+        problem = self._guard.problem(None, None)
+        if problem:
+            self._diverged(problem)
+
+    def _diverged(self, what: str) -> None:
+        """Raise `TrainingDiverged` for the update being checked (it is counted by `advance`, after the check)."""
+        p, last = self.progress, self.out / MANIFEST
+        where = f"the last good checkpoint is named in {last}" if last.exists() else "no checkpoint was written yet"
+        raise TrainingDiverged(
+            f"training diverged: {what} at step {p.steps + 1}, after {p.samples} samples; {where} (try a smaller --lr)"
+        )
 
     def close(self) -> None:
         self._bar.close()
+
+
+class _Watched:
+    """A recurrent run's model as `DivergenceGuard` watches a job: its modules and optimizers are found from the
+    attributes (`model`, and the optimizers its modules hold); `check_finite` names the first non-finite tensor."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    def check_finite(self) -> str | None:
+        optimizers = [v for m in self.model.modules() for v in vars(m).values() if isinstance(v, torch.optim.Optimizer)]
+        name = first_nonfinite(state_tensors(self.model, optimizers))
+        return f"{name} is not finite" if name else None

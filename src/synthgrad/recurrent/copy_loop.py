@@ -120,7 +120,7 @@ def train_copy(cfg: RecurrentConfig, run: Budget, saved: dict | None) -> dict:
         batch = s.sample(cfg.batch_size, s.generator)
         chunks = s.trainer.train_sequence(batch.inputs, batch.targets, batch.mask)
         loss = sum(c.loss for c in chunks)
-        run.check_finite(loss, "the training loss")
+        run.check_step(loss, "the training loss", s.trainer, steps=sum(c.steps for c in chunks))
         logits = torch.cat([c.outputs for c in chunks])  # (S, B, O), as predicted while training
         bits_wrong = sequence_bit_errors(logits, batch).mean().item()  # [Note: curriculum error]
         s.curriculum.record(bits_wrong)

@@ -39,6 +39,7 @@ def train_multinet(cfg: RecurrentConfig, run: Budget, dataset: ImageDataset, sav
         ep = system.train_episode(batch)
         run.check_finite(ep.b_loss, "B's loss")
         run.check_finite(ep.a_loss, "A's loss")
+        run.check_step(ep.a_loss + ep.b_loss, "the loss of A and B", system)  # an episode's length is fixed
         st["recent"] = moving_accuracy(st["recent"], ep.b_correct / ep.batch, cfg.accuracy_window)
         st["recent_a"] = moving_accuracy(st["recent_a"], ep.a_correct / ep.batch, cfg.accuracy_window)
         if st["steps_to_target"] is None and at_target(st["recent"], cfg.accuracy_window, cfg.target_accuracy):

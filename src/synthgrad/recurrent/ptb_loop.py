@@ -52,7 +52,7 @@ class PtbRun:
         for x, y in islice(stream_chunks(self.train, cfg.T, self.vocab), st["chunk"], None):  # x (T', B, V), y (T', B)
             self.state, stats = self.trainer.train_chunk(x, y, self.state, last=st["chunk"] == self.n_chunks - 1)
             st["chunk"] += 1
-            run.check_finite(stats.loss, "the training loss")
+            run.check_step(stats.loss, "the training loss", self.trainer, steps=x.shape[0])
             s = st["sums"]
             s["bits"] += stats.loss * x.shape[1] / LN2  # loss = Σ_t batch-mean nats ([Note: chunk loss])
             s["chars"] += x.shape[0] * x.shape[1]
