@@ -121,22 +121,9 @@ def mnist_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_fake_mnist(tmp_path_factory.mktemp("readme") / "mnist", n_train=2048, n_test=256)
 
 
-# The README's library snippet as it stands (issue #21) uses the placeholders `loader` and `x_test`, and evaluates
-# batch norm in training mode: a replacement that runs on MNIST in seconds is proposed in issue #21's report. The
-# mark goes away by itself once the block no longer reads from `loader`.
-PLACEHOLDER = "for x, y in loader"
-
-
 @pytest.mark.parametrize(
     ("line", "code"),
-    [
-        pytest.param(
-            line,
-            code,
-            marks=[pytest.mark.xfail(reason="placeholders (issue #21)", strict=False)] if PLACEHOLDER in code else [],
-        )  # fmt: skip
-        for line, code in code_blocks(README, "python")
-    ],
+    code_blocks(README, "python"),
     ids=[f"README.md:{line}" for line, _ in code_blocks(README, "python")],
 )
 def test_every_python_block_of_the_readme_runs(line, code, mnist_dir, tmp_path, monkeypatch) -> None:
