@@ -115,6 +115,11 @@ class TrainConfig:
             if not ok:
                 raise ConfigError(message)
         self._validate_budget_and_lm()
+        self._validate_memory()
+        self._validate_method()
+        return self
+
+    def _validate_memory(self) -> None:
         # A model too large for this machine fails deep inside torch or gets the process killed: refuse it here.
         # Parameters: the model's, plus per cut the largest default synthesizer (a low-rank map of rank w/16 in and
         # out, or the MLP 2×1024); the CNN's convolutions are 5×5. 32 bytes each: the weight, its gradient and
@@ -132,6 +137,9 @@ class TrainConfig:
                 f"weights, gradients, Adam's moments and a checkpoint, more than this machine's "
                 f"{memory / 2**30:.0f} GiB: choose a smaller --width or --layers"
             )
+
+    def _validate_method(self) -> None:
+        """The options that need a decoupled method, and the combinations that cannot work."""
         if self.method is Method.BACKPROP and (
             self.unlock or self.update_prob < 1.0 or self.synthesizer or self.fold_every
         ):
@@ -144,7 +152,6 @@ class TrainConfig:
             raise ConfigError("a 1-layer network has no interface to decouple: use --layers >= 2")
         if not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
             raise ConfigError(f"--device must be cpu, cuda or cuda:N, got {self.device!r}")
-        return self
 
     @property
     def model_layers(self) -> int:
