@@ -72,14 +72,18 @@ class WordCorpus(Corpus):
     separator: ClassVar[str] = " "
 
 
-def ptb_char_path(data_dir: str | Path, split: str) -> Path:
-    """`ptb.char.{split}.txt` in `data_dir` or `data_dir/ptb`; DataError naming the file if neither has it."""
-    name = f"ptb.char.{split}.txt"
+def _ptb_file(data_dir: str | Path, name: str) -> Path:
+    """`name` in `data_dir` or `data_dir/ptb`; DataError naming the file if neither has it."""
     data_dir = Path(data_dir).expanduser()
     for d in (data_dir, data_dir / "ptb"):
         if (d / name).is_file():
             return d / name
     raise DataError(f"Penn Treebank file {name} not found in {data_dir} (nor in its ptb/ subfolder)")
+
+
+def ptb_char_path(data_dir: str | Path, split: str) -> Path:
+    """`ptb.char.{split}.txt` in `data_dir` or `data_dir/ptb`."""
+    return _ptb_file(data_dir, f"ptb.char.{split}.txt")
 
 
 def read_text(path: Path) -> str:
@@ -114,13 +118,8 @@ def load_ptb_chars(data_dir: str | Path) -> CharCorpus:
 
 
 def ptb_word_path(data_dir: str | Path, split: str) -> Path:
-    """`ptb.{split}.txt` in `data_dir` or `data_dir/ptb`; DataError naming the file if neither has it."""
-    name = f"ptb.{split}.txt"
-    data_dir = Path(data_dir).expanduser()
-    for d in (data_dir, data_dir / "ptb"):
-        if (d / name).is_file():
-            return d / name
-    raise DataError(f"Penn Treebank file {name} not found in {data_dir} (nor in its ptb/ subfolder)")
+    """`ptb.{split}.txt` in `data_dir` or `data_dir/ptb`."""
+    return _ptb_file(data_dir, f"ptb.{split}.txt")
 
 
 def read_words(path: Path) -> list[str]:
