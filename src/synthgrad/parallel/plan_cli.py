@@ -69,11 +69,11 @@ def _nonnegative(value: float | None, flag: str) -> None:
         raise ConfigError(f"{flag} must be a finite number >= 0, got {value}")
 
 
-def run_plan(args: argparse.Namespace) -> int:
-    import dataclasses
-
+def _check_options(args: argparse.Namespace) -> tuple[list[str], int | str | None, float | None]:
+    """The schedules, the staleness (None: the run's or the default) and the link bandwidth asked for; a
+    ConfigError naming a bad value."""
     from synthgrad.parallel import costmodel
-    from synthgrad.parallel.link import LinkSpec, parse_bandwidth
+    from synthgrad.parallel.link import parse_bandwidth
 
     for flag in ("message_kb", "link_delay_ms", "synth_ms", "overhead_ms"):
         _nonnegative(getattr(args, flag), "--" + flag.replace("_", "-"))
@@ -100,7 +100,16 @@ def run_plan(args: argparse.Namespace) -> int:
         bandwidth = parse_bandwidth(args.link_bandwidth)
     except ValueError as e:
         raise ConfigError(f"--link-bandwidth: {e}") from None
+    return schedules, staleness, bandwidth
 
+
+def run_plan(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from synthgrad.parallel import costmodel
+    from synthgrad.parallel.link import LinkSpec
+
+    schedules, staleness, bandwidth = _check_options(args)
     knobs = {"forward_fraction": args.forward_fraction, "weight_fraction": args.weight_fraction}
     if args.synth_ms is not None:
         knobs["synth_s"] = args.synth_ms / 1e3
