@@ -401,6 +401,7 @@ CASES: list[Case] = [
         write("seed.toml", 'task = "copy"\nseed = 99999999999999999999\n'),
     ),
     Case("train-batch-larger-than-the-data", [*TRAIN, "--batch-size", "1000"], ("--batch-size", "128")),
+    Case("parallel-batch-larger-than-the-data", [*PAR, "--batch-size", "1000"], ("--batch-size", "128")),
     Case("rec-hidden-size-huge", [*REC, "--out", "{w}/out", "--hidden-size", "99999999999"], ("memory",)),
     Case("ptb-batch-larger-than-the-stream", [*PTB, "--batch-size", "100000"], ("too short", "--batch-size")),
 ]

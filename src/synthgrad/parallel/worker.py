@@ -67,9 +67,14 @@ def run_worker(pcfg: ParallelConfig, *, resume: bool = False, progress: bool | N
 
             pcfg = resolve_auto_staleness(pcfg, rt, resume)
         _emulate_links(pcfg, rt)
+        data = load_lm(cfg) if cfg.model == "gpt" else load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download)
+        if cfg.model != "gpt":  # before the folder is written: a refused run leaves nothing behind
+            examples = min(cfg.train_limit or len(data.train_labels), len(data.train_labels))
+            if examples < cfg.batch_size:
+                raise ConfigError(f"--batch-size {cfg.batch_size} is more than the {examples} training examples of "
+                                  f"{cfg.dataset} found: use --batch-size {examples} or less")  # fmt: skip
         run = RunFolder(cfg.out, pcfg.to_dict(), resumable=RESUMABLE, collective=rt)
         saved = run.open(resume)
-        data = load_lm(cfg) if cfg.model == "gpt" else load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download)
         run.start()
         try:
             with flush_denormals():
