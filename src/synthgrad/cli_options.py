@@ -20,14 +20,22 @@ class Parser(argparse.ArgumentParser):
         self.exit(EXIT_USER_ERROR, f"synthgrad: error: {message} (see {self.prog} --help)\n")
 
 
-def _positive_int(text: str) -> int:
+def _whole(text: str, lo: int, hi: int | None = None) -> int:
+    """A whole number in lo..hi (hi None: no upper bound), else argparse's one-line error."""
     try:
         v = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+        bound = f" >= {lo}" if hi is None else ""
+        raise argparse.ArgumentTypeError(f"must be a whole number{bound}, got {text!r}") from None
+    if v < lo or (hi is not None and v > hi):
+        raise argparse.ArgumentTypeError(
+            f"must be >= {lo}, got {v}" if hi is None else f"must be in {lo}..{hi}, got {v}"
+        )
     return v
+
+
+def _positive_int(text: str) -> int:
+    return _whole(text, 1)
 
 
 def _real(text: str) -> float:
@@ -50,13 +58,7 @@ def _positive_float(text: str) -> float:
 
 def _seed(text: str) -> int:
     """A seed torch and the batch order can use (seed × 100,003 + epoch must stay a 64-bit integer)."""
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
-    if not 0 <= v < 2**32:
-        raise argparse.ArgumentTypeError(f"must be in 0..{2**32 - 1}, got {v}")
-    return v
+    return _whole(text, 0, 2**32 - 1)
 
 
 def _staleness(text: str) -> int | str:
