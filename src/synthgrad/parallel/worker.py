@@ -8,7 +8,6 @@ timing), checkpoint.json naming the last checkpoint every rank has written, from
 
 from __future__ import annotations
 
-import dataclasses
 import os
 
 import torch
@@ -26,7 +25,7 @@ from synthgrad.schedule import DecoupledSchedule
 from synthgrad.training import ChainJob, Plan, RunFolder, build_network, fit, flush_denormals, model_of, show_progress
 from synthgrad.training.build import build_stale_network
 from synthgrad.training.lm import LMData, lm_plan, load_lm
-from synthgrad.training.task import Task, classification
+from synthgrad.training.task import Task, classification, training_examples
 
 # Fields that may differ between ranks (each machine has its own paths and cores) and between a run and its
 # resumption (also the budget).
@@ -69,10 +68,7 @@ def run_worker(pcfg: ParallelConfig, *, resume: bool = False, progress: bool | N
         _emulate_links(pcfg, rt)
         data = load_lm(cfg) if cfg.model == "gpt" else load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download)
         if cfg.model != "gpt":  # before the folder is written: a refused run leaves nothing behind
-            examples = min(cfg.train_limit or len(data.train_labels), len(data.train_labels))
-            if examples < cfg.batch_size:
-                raise ConfigError(f"--batch-size {cfg.batch_size} is more than the {examples} training examples of "
-                                  f"{cfg.dataset} found: use --batch-size {examples} or less")  # fmt: skip
+            training_examples(data, cfg.train_limit, cfg.batch_size, cfg.dataset)
         run = RunFolder(cfg.out, pcfg.to_dict(), resumable=RESUMABLE, collective=rt)
         saved = run.open(resume)
         run.start()
@@ -107,13 +103,12 @@ def _train(
     if isinstance(data, LMData):  # a language model (training/lm.py): windows of tokens, a budget in tokens
         task = data.task(examples=cfg.train_limit, conditioned=conditioned, device=rt.device)
         plan = lm_plan(cfg, len(task.train_y), progress=bar, desc=desc, eval_every=pcfg.eval_every,
-                       target=pcfg.target_error)  # fmt: skip
-        plan = dataclasses.replace(plan, stop_at_target=pcfg.stop_at_target)
+                       target=pcfg.target_error, stop_at_target=pcfg.stop_at_target)  # fmt: skip
         if rt.rank == 0:
             data.write_vocab(run.out)
     else:
         data = data.to(rt.device)
-        examples = min(cfg.train_limit or len(data.train_labels), len(data.train_labels))
+        examples = training_examples(data, cfg.train_limit, cfg.batch_size, cfg.dataset)
         task = classification(data, examples, conditioned=conditioned)
         plan = Plan(cfg.epochs, cfg.batch_size, cfg.seed, examples, eval_every=pcfg.eval_every,
                     target=pcfg.target_error, progress=bar, desc=desc,

@@ -111,14 +111,9 @@ class Budget:
         per_step, p = loss / steps, self.progress
         if p.start_loss is None:
             p.start_loss = per_step
-        if per_step > max(DivergenceGuard.GROWTH * p.start_loss, DivergenceGuard.FLOOR):
-            self._diverged(
-                f"{what} grew to {per_step:.3g} per time step (over {DivergenceGuard.GROWTH:g}× the first "
-                f"update's {p.start_loss:.3g})"
-            )
         if self._guard is None or self._guard.job.model is not model:
             self._guard = DivergenceGuard(_Watched(model))
-        problem = self._guard.problem(None, None)
+        problem = self._guard.problem(per_step, p.start_loss)
         if problem:
             self._diverged(problem)
 

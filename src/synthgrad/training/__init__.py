@@ -10,7 +10,7 @@ from synthgrad.training.chain_job import ChainJob
 from synthgrad.training.evaluate import evaluate
 from synthgrad.training.loop import Job, Plan, batch_order, fit
 from synthgrad.training.run_folder import Progress, RunFolder, flush_denormals, read_rows, show_progress
-from synthgrad.training.task import Task, classification
+from synthgrad.training.task import Task, classification, training_examples
 
 __all__ = [
     "ChainJob",
@@ -54,12 +54,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | None = Non
 
         return train_lm(cfg, run, saved, progress=progress)
     data = load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download).to(cfg.device)
-    examples = min(cfg.train_limit or len(data.train_labels), len(data.train_labels))
-    if examples < cfg.batch_size:  # before the folder is written: a refused run leaves nothing behind
-        raise ConfigError(
-            f"--batch-size {cfg.batch_size} is more than the {examples} training examples of {cfg.dataset} found: "
-            f"use --batch-size {examples} or less"
-        )
+    examples = training_examples(data, cfg.train_limit, cfg.batch_size, cfg.dataset)
     run.start()
     try:
         with flush_denormals():

@@ -120,7 +120,14 @@ def evaluate_lm(model: nn.Module, valid: Windows, test: Windows, *, word_level: 
 
 
 def lm_plan(
-    cfg: TrainConfig, examples: int, *, progress: bool, desc: str, eval_every: int = 0, target: float | None = None
+    cfg: TrainConfig,
+    examples: int,
+    *,
+    progress: bool,
+    desc: str,
+    eval_every: int = 0,
+    target: float | None = None,
+    stop_at_target: bool = False,
 ) -> Plan:
     """The loop's plan for a resolved gpt config: B windows of T tokens a step; the budget in tokens as steps
     (whole batches), in minutes, and epochs, whichever ends first; an evaluation and a checkpoint every
@@ -130,7 +137,7 @@ def lm_plan(
     steps = None if cfg.max_tokens is None else max(1, cfg.max_tokens // per_step)
     return Plan(cfg.epochs, cfg.batch_size, cfg.seed, examples, eval_every=every, target=target, progress=progress,
                 desc=desc, max_steps=steps, max_minutes=cfg.max_minutes, checkpoint_every=every,
-                tokens_per_example=cfg.context)  # fmt: skip
+                tokens_per_example=cfg.context, stop_at_target=stop_at_target)  # fmt: skip
 
 
 def train_lm(cfg: TrainConfig, run: RunFolder, saved: dict | None, *, progress: bool | None = None) -> dict:

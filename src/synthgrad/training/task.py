@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from synthgrad.core import one_hot_context
 from synthgrad.data import ImageDataset
+from synthgrad.errors import ConfigError
 from synthgrad.training.evaluate import CLASSIFIER_METRICS, evaluate
 
 
@@ -40,6 +41,18 @@ class Task:
         indices = indices.to(self.train_y.device)
         y = self.train_y[indices]
         return self.train_x[indices], y, self.context_of(y) if self.context_of is not None else None
+
+
+def training_examples(data: ImageDataset, train_limit: int | None, batch_size: int, dataset: str) -> int:
+    """The training examples a run uses (the first `train_limit`, or all); a `ConfigError` naming the fix when
+    they make no batch. Called before the run folder is written, so a refused run leaves nothing behind."""
+    examples = min(train_limit or len(data.train_labels), len(data.train_labels))
+    if examples < batch_size:
+        raise ConfigError(
+            f"--batch-size {batch_size} is more than the {examples} training examples of {dataset} found: "
+            f"use --batch-size {examples} or less"
+        )
+    return examples
 
 
 def classification(data: ImageDataset, examples: int, conditioned: bool) -> Task:
