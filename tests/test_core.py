@@ -144,3 +144,25 @@ def test_batch_cosine() -> None:
     a = torch.randn(6, 2, 3)
     assert batch_cosine(a, 3 * a).item() == pytest.approx(1.0, abs=1e-6)
     assert batch_cosine(a, -a).item() == pytest.approx(-1.0, abs=1e-6)
+
+
+def test_lowrank_label_path_is_full_rank() -> None:
+    """[Note: label path]: a rank-1 synthesizer still learns a different vector for each of 10 labels (a table of
+    rank 10), because the context does not pass through the bottleneck; the h path is rank 1 as promised."""
+    torch.manual_seed(0)
+    m = LowRankSynthesizer((32,), rank=1, context_dim=10)
+    assert m.down.weight.shape == (1, 32) and m.label.weight.shape == (32, 10)
+    table = torch.randn(10, 32)  # the target of label k: row k, whatever h is
+    opt = torch.optim.Adam(m.parameters(), lr=3e-2)
+    for _ in range(400):
+        labels = torch.randint(0, 10, (64,))
+        loss = synthesizer_loss(m(torch.randn(64, 32), nn.functional.one_hot(labels, 10).float()), table[labels])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 1e-2 * table.pow(2).sum(1).mean().item()  # a rank-1 bottleneck could fit one direction of it
+    with torch.no_grad():
+        m.label.weight.zero_()
+        m.out.bias.zero_()
+        jac = torch.func.jacrev(lambda h: m(h[None], torch.zeros(1, 10))[0])(torch.randn(32))
+    assert torch.linalg.matrix_rank(jac).item() == 1
