@@ -133,6 +133,26 @@ RECURRENT_OPTIONS = [
     ("--T", int, "chunk length of truncated BPTT (multinet: B's tick period); default per task"),
     ("--hidden-size", int, "LSTM units; default per task"),
     ("--forget-bias", _real, "copy tasks, ptb-char: added to the LSTM's forget-gate bias at init (default 0)"),
+    (
+        "--cell",
+        ["lstm", "peephole"],
+        "copy tasks, ptb-char: the core; lstm: nn.LSTMCell (default); peephole: Graves 2013's LSTM, whose gates "
+        "also read the cell",
+    ),
+    (
+        "--init",
+        ["torch", "uniform", "orthogonal"],
+        "copy tasks, ptb-char: the LSTM's init; torch: PyTorch's (default); uniform: every LSTM weight and bias "
+        "U(-0.1, 0.1); orthogonal: each gate's recurrent block orthogonal, the rest as torch",
+    ),
+    (
+        "--optimizer",
+        ["adam", "rmsprop"],
+        "copy tasks, ptb-char: the core's and readout's optimizer at --lr; adam (default); rmsprop: alpha 0.95, "
+        "momentum 0.9, eps 1e-4. The synthesizer keeps Adam",
+    ),
+    ("--clip", _real, "copy tasks, ptb-char: the model's gradient clipped to this global norm (default 0: off)"),
+    ("--item-bits", int, "copy tasks: the width of the vectors to copy (default 8)"),
     ("--max-samples", int, "budget: sequences (copy), characters (ptb-char) or digits read (multinet)"),
     (
         "--max-minutes",

@@ -23,6 +23,19 @@ def adam(lr: float) -> OptimizerFactory:
     return make
 
 
+def rmsprop(lr: float) -> OptimizerFactory:
+    """RMSProp at `lr` as NTM-era recurrent recipes ran it: decay α = 0.95 of the mean square, momentum 0.9,
+    ε = 1e-4 (`torch.optim.RMSprop`, not centred, ε outside the square root). Graves (2013, eq. 38–41), which the
+    NTM paper cites, uses the centred form with its 1e-4 inside the root; this is the simpler form most
+    reimplementations use (e.g. pytorch-ntm: RMSprop(lr=1e-4, momentum=0.9, alpha=0.95)). Recurrent runs'
+    `--optimizer rmsprop`."""
+
+    def make(params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+        return torch.optim.RMSprop(params, lr=lr, alpha=0.95, eps=1e-4, momentum=0.9)
+
+    return make
+
+
 def optimizer_or_none(params: Iterable[nn.Parameter], factory: OptimizerFactory) -> torch.optim.Optimizer | None:
     """`factory` over the trainable `params`, or None when there are none (an oracle, a parameter-free layer)."""
     params = [p for p in params if p.requires_grad]

@@ -18,10 +18,11 @@ A trainer is a thin loop over `TruncatedBPTT.train_chunk` (streams, e.g. PTB) or
     >>> batch = CopyTask().sample(32, curriculum.length, generator)
     >>> stats = trainer.train_sequence(batch.inputs, batch.targets, batch.mask)
 
-Files: `cells.py` (cores, state, trace Jacobians), `chunk.py` (unroll, chunk stats), `boundary.py` (the parts
-of a method), `sequence_targets.py` (exact and λ-return targets), `bptt.py` (`TruncatedBPTT`), `tasks.py`
-(data), `task_config.py` (`RecurrentConfig`), `runner.py` (`train_recurrent`) with one loop per task
-(`copy_loop.py`, `ptb_loop.py`, `multinet_loop.py`; the two networks: `multinet.py`) on `budget.py`;
+Files: `cells.py` (cores: the LSTM and Graves 2013's peephole LSTM, their inits; state, trace Jacobians),
+`chunk.py` (unroll, chunk stats), `boundary.py` (the parts of a method), `sequence_targets.py` (exact and
+λ-return targets), `bptt.py` (`TruncatedBPTT`), `tasks.py` (data), `task_config.py` (`RecurrentConfig`),
+`runner.py` (`train_recurrent`) with one loop per task (`copy_loop.py`, `ptb_loop.py`, `multinet_loop.py`; the
+two networks: `multinet.py`) on `budget.py`;
 `rescore.py` re-scores a finished Copy run under the per-step reading of the error threshold.
 """
 
@@ -35,12 +36,16 @@ from synthgrad.recurrent.boundary import (
 )
 from synthgrad.recurrent.bptt import TruncatedBPTT
 from synthgrad.recurrent.cells import (
+    CellKind,
     CellPath,
     Diagonal,
     LSTMCore,
+    LSTMInit,
+    PeepholeLSTMCore,
     RecurrentCore,
     TraceJacobian,
     flatten_state,
+    make_core,
     state_shapes,
     unflatten_state,
 )
@@ -73,6 +78,7 @@ from synthgrad.recurrent.tasks import (
 __all__ = [
     "AuxTask",
     "BoundarySynthesizer",
+    "CellKind",
     "CellPath",
     "CharCorpus",
     "ChunkStats",
@@ -80,8 +86,10 @@ __all__ = [
     "Curriculum",
     "Diagonal",
     "LSTMCore",
+    "LSTMInit",
     "MultiNetBatch",
     "MultiNetTask",
+    "PeepholeLSTMCore",
     "RecurrentConfig",
     "RecurrentCore",
     "RecurrentMethod",
@@ -103,6 +111,7 @@ __all__ = [
     "flatten_state",
     "lambda_returns",
     "load_ptb_chars",
+    "make_core",
     "method_parts",
     "paper_score",
     "ptb_char_path",

@@ -38,6 +38,7 @@ synthesizer units, the regression loss and the backward pass that yields the tar
 from __future__ import annotations
 
 import functools
+import math
 import warnings
 
 import torch
@@ -78,6 +79,9 @@ class TruncatedBPTT(nn.Module):
         boundary: the chunk boundary's interface: M (e.g. `BoundarySynthesizer.for_core(core)`), its optimizer
             and its rule (`Bootstrap`, `TrueGradient`, `LambdaReturn`); None: truncated BPTT.
         aux: DNI + Aux's auxiliary task (needs a boundary).
+        clip: before every step of the model's optimizer, scale the gradient of everything it updates (core,
+            readout, DNI + Aux's head) to a global L2 norm of at most `clip` (`clip_grad_norm_`); 0: no clipping.
+            M's optimizer is not clipped.
 
     The keywords of earlier versions (`method=`, `synthesizer=`, `synthesizer_optimizer=`, `aux_head=`,
     `aux_weight=`, `discount=`, `synthesizer_target=`, `trace_decay=`) still work, with a DeprecationWarning;
@@ -94,6 +98,7 @@ class TruncatedBPTT(nn.Module):
         T: int,  # noqa: N803 - the paper's name
         boundary: Interface | None = None,
         aux: AuxTask | None = None,
+        clip: float = 0.0,
         **legacy: object,
     ) -> None:
         super().__init__()
@@ -101,6 +106,8 @@ class TruncatedBPTT(nn.Module):
             raise TypeError(f"{type(core).__name__} has no initial_state(batch) / step(x_t, state)")
         if isinstance(T, bool) or not isinstance(T, int) or T < 1:
             raise ConfigError(f"chunk length T must be an integer >= 1, got {T!r}")
+        if not (math.isfinite(clip) and clip >= 0):
+            raise ConfigError(f"--clip: the gradient-norm bound must be >= 0 (0: off), got {clip}")
         if legacy:
             boundary, aux = _legacy_parts(core, optimizer, boundary, aux, legacy)
         check_parts(core, boundary, aux)
@@ -109,6 +116,7 @@ class TruncatedBPTT(nn.Module):
         self.boundary, self.aux = boundary, aux
         model_params = [*core.parameters(), *readout.parameters(), *(aux.head.parameters() if aux else ())]
         self.optimizer = optimizer_or_none(model_params, optimizer)
+        self.clip = clip
 
     # -- the parts, under their earlier names
     @property
@@ -257,8 +265,12 @@ class TruncatedBPTT(nn.Module):
         return lambda_returns(self.boundary, stats, discount=rule.discount, decay=rule.decay)
 
     def step(self) -> None:
-        """Apply the core's accumulated gradient (after `accumulate=True` chunks) and clear it."""
+        """Apply the core's accumulated gradient (after `accumulate=True` chunks), its norm clipped to `clip` if
+        set, and clear it."""
         if self.optimizer is not None:
+            if self.clip:
+                params = [p for group in self.optimizer.param_groups for p in group["params"]]
+                nn.utils.clip_grad_norm_(params, self.clip)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
 

@@ -42,10 +42,8 @@ import torch
 from torch import nn
 
 from synthgrad import plots
-from synthgrad.optim import adam
 from synthgrad.recurrent.bptt import TruncatedBPTT
 from synthgrad.recurrent.budget import Budget
-from synthgrad.recurrent.cells import LSTMCore
 from synthgrad.recurrent.chunk import unroll
 from synthgrad.recurrent.task_config import RecurrentConfig, RecurrentTask, RepeatCurriculum
 from synthgrad.recurrent.tasks import (
@@ -68,13 +66,16 @@ class CopySetup:
     """A Copy-task run's task, trainer and curriculum, built from its config (seeded) and restored from `saved`."""
 
     def __init__(self, cfg: RecurrentConfig, saved: dict | None) -> None:
-        self.task = CopyTask() if cfg.task is RecurrentTask.COPY else RepeatCopyTask(cfg.max_repeats)
+        bits = cfg.item_bits
+        self.task = CopyTask(bits) if cfg.task is RecurrentTask.COPY else RepeatCopyTask(cfg.max_repeats, bits)
         self.task_name = cfg.task
         torch.manual_seed(cfg.seed)
-        core = LSTMCore(self.task.input_size, cfg.hidden_size, forget_bias=cfg.forget_bias)
+        core = cfg.core(self.task.input_size)
         readout = nn.Linear(cfg.hidden_size, self.task.output_size)
         boundary, aux = cfg.parts(core)
-        self.trainer = TruncatedBPTT(core, readout, bce_step_loss, adam(cfg.lr), T=cfg.T, boundary=boundary, aux=aux)
+        self.trainer = TruncatedBPTT(
+            core, readout, bce_step_loss, cfg.model_optimizer(), T=cfg.T, boundary=boundary, aux=aux, clip=cfg.clip
+        )
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.two_axes = isinstance(self.task, RepeatCopyTask) and cfg.repeat_curriculum is RepeatCurriculum.BOTH
         limits = {"threshold": cfg.curriculum_threshold, "window": cfg.curriculum_window}
@@ -164,6 +165,7 @@ def _result(cfg: RecurrentConfig, run: Budget, s: CopySetup) -> dict:
         "max_length": c.max_solved,  # items: N (Copy), N·L or L (Repeat Copy, by its curriculum)
         "paper_score": s.score_in_paper_units(),  # the episode length ([Note: paper score] in tasks.py)
         "final_length": c.length,
+        "item_bits": cfg.item_bits,
         "bit_errors_by_position": errors_by_position(s.trainer, fresh),
     }
     level = f"L={c.length}, N={c.repeats}" if s.two_axes else f"length {c.length}"

@@ -14,10 +14,8 @@ from torch import nn
 from synthgrad import plots
 from synthgrad.data.ptb import CharCorpus
 from synthgrad.errors import ConfigError
-from synthgrad.optim import adam
 from synthgrad.recurrent.bptt import TruncatedBPTT
 from synthgrad.recurrent.budget import Budget
-from synthgrad.recurrent.cells import LSTMCore
 from synthgrad.recurrent.task_config import EVAL_ROWS, RecurrentConfig
 from synthgrad.recurrent.tasks import batchify, char_step_loss, evaluate_bpc, stream_chunks
 
@@ -33,11 +31,11 @@ class PtbRun:
         self.train = batchify(corpus.train, cfg.batch_size)  # (B, N)
         self.valid, self.test = (batchify(s[: cfg.eval_chars], EVAL_ROWS) for s in (corpus.valid, corpus.test))
         torch.manual_seed(cfg.seed)
-        self.core = LSTMCore(self.vocab, cfg.hidden_size, forget_bias=cfg.forget_bias)
+        self.core = cfg.core(self.vocab)
         self.readout = nn.Linear(cfg.hidden_size, self.vocab)
         boundary, aux = cfg.parts(self.core)
-        self.trainer = TruncatedBPTT(self.core, self.readout, char_step_loss, adam(cfg.lr), T=cfg.T,
-                                     boundary=boundary, aux=aux)  # fmt: skip
+        self.trainer = TruncatedBPTT(self.core, self.readout, char_step_loss, cfg.model_optimizer(), T=cfg.T,
+                                     boundary=boundary, aux=aux, clip=cfg.clip)  # fmt: skip
         self.n_chunks = math.ceil((self.train.shape[1] - 1) / cfg.T)
         self.st: dict = {"epoch": 0, "chunk": 0, "state": None, "best": None, "bad": 0, "last_eval": -1,
                          "sums": _zero_sums()}  # fmt: skip

@@ -23,6 +23,8 @@ from synthgrad.training.run_folder import RunFolder, flush_denormals, show_progr
 
 # Config fields that may differ between a run and its resumption: the budget (to extend a run) and where it runs.
 RESUMABLE = frozenset({"max_minutes", "max_samples", "out", "threads", "data_dir"})
+# Config fields added after runs were written, with the value those runs ran with: such a run still resumes.
+IMPLIED = {"cell": "lstm", "init": "torch", "item_bits": 8, "optimizer": "adam", "clip": 0.0}
 
 
 def train_recurrent(cfg: RecurrentConfig, *, resume: bool = False, progress: bool | None = None) -> dict:
@@ -31,7 +33,7 @@ def train_recurrent(cfg: RecurrentConfig, *, resume: bool = False, progress: boo
     cfg = cfg.validate().resolve()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    folder = RunFolder(cfg.out, cfg.to_dict(), resumable=RESUMABLE)
+    folder = RunFolder(cfg.out, cfg.to_dict(), resumable=RESUMABLE, implied=IMPLIED)
     saved = folder.open(resume)
     data = None
     if cfg.task is RecurrentTask.PTB_CHAR:
@@ -55,7 +57,8 @@ def train_recurrent(cfg: RecurrentConfig, *, resume: bool = False, progress: boo
         p = run.progress
         summary = {
             "task": cfg.task.value, "method": cfg.method.value, "T": cfg.T, "hidden_size": cfg.hidden_size,
-            "forget_bias": cfg.forget_bias, "batch_size": cfg.batch_size, "lr": cfg.lr,
+            "forget_bias": cfg.forget_bias, "cell": cfg.cell.value, "init": cfg.init.value,
+            "optimizer": cfg.optimizer.value, "clip": cfg.clip, "batch_size": cfg.batch_size, "lr": cfg.lr,
             "synthesizer_lr": cfg.synthesizer_lr, "discount": cfg.discount,
             "synthesizer_target": cfg.synthesizer_target.value, "trace_decay": cfg.trace_decay,
             "aux_weight": cfg.aux_weight, "seed": cfg.seed, "samples": p.samples, "steps": p.steps,

@@ -22,9 +22,9 @@ import tomllib
 from synthgrad.config import physical_memory
 from synthgrad.errors import ConfigError
 from synthgrad.interface import Interface
-from synthgrad.optim import adam
+from synthgrad.optim import OptimizerFactory, adam, rmsprop
 from synthgrad.recurrent.boundary import AuxTask, RecurrentMethod, SynthesizerTarget, boundary_rule, method_parts
-from synthgrad.recurrent.cells import RecurrentCore
+from synthgrad.recurrent.cells import CellKind, LSTMCore, LSTMInit, RecurrentCore, make_core
 
 EVAL_ROWS = 32  # PTB valid/test are read as 32 streams: each starts from a zero state, ~0.1% of the characters
 
@@ -34,6 +34,13 @@ class RecurrentTask(enum.Enum):
     REPEAT_COPY = "repeat-copy"  # NTM Repeat Copy, curriculum on L and N ([Note: Repeat Copy curriculum])
     PTB_CHAR = "ptb-char"  # Penn Treebank characters, bits per character (PAPER.md §4)
     MULTINET = "multinet"  # the two-network system (PAPER.md §5, `synthgrad.recurrent.multinet`)
+
+
+class RecurrentOptimizer(enum.Enum):
+    """The optimizer of the core and readout (`--optimizer`); the synthesizer M keeps Adam at --synthesizer-lr."""
+
+    ADAM = "adam"  # PAPER.md §2; every committed row
+    RMSPROP = "rmsprop"  # NTM-era recipes (`synthgrad.optim.rmsprop`: α 0.95, momentum 0.9, ε 1e-4)
 
 
 class RepeatCurriculum(enum.Enum):
@@ -71,6 +78,11 @@ _TASK_ONLY: dict[str, tuple[RecurrentTask, ...]] = {
     "curriculum_threshold": COPY_TASKS,
     "curriculum_window": COPY_TASKS,
     "forget_bias": (*COPY_TASKS, RecurrentTask.PTB_CHAR),
+    "cell": (*COPY_TASKS, RecurrentTask.PTB_CHAR),
+    "init": (*COPY_TASKS, RecurrentTask.PTB_CHAR),
+    "optimizer": (*COPY_TASKS, RecurrentTask.PTB_CHAR),
+    "clip": (*COPY_TASKS, RecurrentTask.PTB_CHAR),
+    "item_bits": COPY_TASKS,
     "max_repeats": (RecurrentTask.REPEAT_COPY,),
     "repeat_curriculum": (RecurrentTask.REPEAT_COPY,),
     "patience": (RecurrentTask.PTB_CHAR,),
@@ -85,6 +97,9 @@ _ENUM_FIELDS: dict[str, type[enum.Enum]] = {
     "method": RecurrentMethod,
     "synthesizer_target": SynthesizerTarget,
     "repeat_curriculum": RepeatCurriculum,
+    "cell": CellKind,
+    "init": LSTMInit,
+    "optimizer": RecurrentOptimizer,
 }
 
 
@@ -96,9 +111,15 @@ class RecurrentConfig:
     T: int | None = None  # chunk length (multinet: B's tick period); None: the task's, see PER_TASK
     hidden_size: int | None = None  # LSTM units (multinet: each of A and B); None: the task's
     forget_bias: float = 0.0  # added to the LSTM's forget-gate bias at init (`LSTMCore`); not multinet
+    # the set-up probes of issue #20 (copy tasks and PTB; the defaults are every committed row's set-up)
+    cell: CellKind = CellKind.LSTM  # lstm: nn.LSTMCell; peephole: Graves 2013's (`PeepholeLSTMCore`)
+    init: LSTMInit = LSTMInit.TORCH  # the LSTM's weights at init (`LSTMInit`, `init_lstm_`)
+    item_bits: int = 8  # copy tasks: the width of the vectors to copy (NTM: 8)
     # -- optimisation: Adam (PAPER.md §2); the paper gives no recurrent lr, 1e-3 is Adam's own default and
     # trains these LSTMs without clipping in our short runs.
     lr: float = 1e-3
+    optimizer: RecurrentOptimizer = RecurrentOptimizer.ADAM  # of the core and readout (+ DNI + Aux's head) at lr
+    clip: float = 0.0  # their gradient's global L2 norm clipped to this before each step; 0: off
     synthesizer_lr: float | None = None  # None: the task's
     batch_size: int = 32  # sequences per batch (PTB: parallel streams); not in the paper, cheap on a CPU
     aux_weight: float | None = None  # DNI + Aux: weight of the auxiliary loss ([Note: DNI + Aux]); None: the task's
@@ -205,6 +226,14 @@ class RecurrentConfig:
             (self.hidden_size is None or self.hidden_size >= 1, f"--hidden-size must be >= 1, got {self.hidden_size}"),
             (math.isfinite(self.forget_bias), f"--forget-bias must be a finite number, got {self.forget_bias}"),
             (self.lr > 0, f"--lr must be > 0, got {self.lr}"),
+            (
+                isinstance(self.clip, int | float) and math.isfinite(self.clip) and self.clip >= 0,
+                f"--clip must be a number >= 0 (0: off), got {self.clip!r}",
+            ),
+            (
+                isinstance(self.item_bits, int) and not isinstance(self.item_bits, bool) and self.item_bits >= 1,
+                f"--item-bits must be a whole number >= 1, got {self.item_bits!r}",
+            ),
             (self.synthesizer_lr is None or self.synthesizer_lr > 0, "--synthesizer-lr must be > 0"),
             (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
             (self.aux_weight is None or self.aux_weight >= 0, f"--aux-weight must be >= 0, got {self.aux_weight}"),
@@ -234,6 +263,14 @@ class RecurrentConfig:
             aux_weight=self.aux_weight, discount=self.discount, synthesizer_target=self.synthesizer_target,
             trace_decay=self.trace_decay,
         )  # fmt: skip
+
+    def model_optimizer(self) -> OptimizerFactory:
+        """The optimizer of the core and readout (`optimizer` at `lr`); M's is Adam at `synthesizer_lr`."""
+        return rmsprop(self.lr) if self.optimizer is RecurrentOptimizer.RMSPROP else adam(self.lr)
+
+    def core(self, input_size: int) -> LSTMCore:
+        """The recurrent core of a Copy task or PTB (`cell`, `init`, `forget_bias`), at `hidden_size` (resolved)."""
+        return make_core(self.cell, input_size, self.hidden_size, forget_bias=self.forget_bias, init=self.init)
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name).value if f.name in _ENUM_FIELDS else getattr(self, f.name)

@@ -23,7 +23,7 @@ from synthgrad.errors import ConfigError, DataError
 from synthgrad.recurrent.cells import RecurrentCore
 from synthgrad.recurrent.task_config import RecurrentTask
 
-BITS = 8  # width of the random binary vectors (NTM paper)
+BITS = 8  # width of the random binary vectors (NTM paper); the Copy tasks' default (`--item-bits`)
 LN2 = math.log(2.0)
 
 
@@ -42,27 +42,33 @@ def _check_positive(**values: int) -> None:
             raise ConfigError(f"{name} must be an integer >= 1, got {v!r}")
 
 
-def _random_bits(length: int, batch: int, generator: torch.Generator) -> Tensor:
-    return torch.randint(0, 2, (length, batch, BITS), generator=generator).float()  # (L, B, 8)
+def _random_bits(length: int, batch: int, generator: torch.Generator, bits: int = BITS) -> Tensor:
+    return torch.randint(0, 2, (length, batch, bits), generator=generator).float()  # (L, B, bits)
 
 
 class CopyTask:
     """Copy (NTM): L random 8-bit vectors, then a delimiter flag, then L output steps to reproduce them.
 
     Input channels 8 + 1 (bits, delimiter); S = 2L + 1 steps; the input is 0 during the output phase; targets
-    (S, B, 8) hold the sequence in the last L steps and are scored (mask 1) only there.
+    (S, B, 8) hold the sequence in the last L steps and are scored (mask 1) only there. `bits` sets the width of
+    the vectors (`--item-bits`; 8 by default, the NTM paper's): channels bits + 1 in, bits out.
     """
 
-    input_size = BITS + 1
+    input_size = BITS + 1  # the default width's; an instance holds its own
     output_size = BITS
+
+    def __init__(self, bits: int = BITS) -> None:
+        _check_positive(bits=bits)
+        self.bits, self.input_size, self.output_size = bits, bits + 1, bits
 
     def sample(self, batch: int, length: int, generator: torch.Generator) -> SequenceBatch:
         _check_positive(batch=batch, length=length)
-        bits = _random_bits(length, batch, generator)
+        B = self.bits  # noqa: N806
+        bits = _random_bits(length, batch, generator, B)
         steps = 2 * length + 1
         inputs = torch.zeros(steps, batch, self.input_size)
-        inputs[:length, :, :BITS] = bits
-        inputs[length, :, BITS] = 1.0  # delimiter
+        inputs[:length, :, :B] = bits
+        inputs[length, :, B] = 1.0  # delimiter
         targets = torch.zeros(steps, batch, self.output_size)
         targets[length + 1 :] = bits
         mask = torch.zeros(steps, batch)
@@ -76,15 +82,17 @@ class RepeatCopyTask:
 
     Input channels 8 + 2 (bits, delimiter, normalised N); output channels 8 + 1 (bits, end marker). S = L + 1 +
     N·L + 1 steps, scored over the last N·L + 1. N is normalised to mean 0 and variance 1 over the uniform
-    distribution on 1..max_repeats, as in the NTM paper. N is the same for the whole batch.
+    distribution on 1..max_repeats, as in the NTM paper. N is the same for the whole batch. `bits` sets the width
+    of the vectors (`--item-bits`, 8 by default): channels bits + 2 in, bits + 1 out.
     """
 
-    input_size = BITS + 2
+    input_size = BITS + 2  # the default width's; an instance holds its own
     output_size = BITS + 1
 
-    def __init__(self, max_repeats: int = 10) -> None:
-        _check_positive(max_repeats=max_repeats)
-        self.max_repeats = max_repeats
+    def __init__(self, max_repeats: int = 10, bits: int = BITS) -> None:
+        _check_positive(max_repeats=max_repeats, bits=bits)
+        self.max_repeats, self.bits = max_repeats, bits
+        self.input_size, self.output_size = bits + 2, bits + 1
 
     def normalised_repeats(self, repeats: int) -> float:
         mean = (self.max_repeats + 1) / 2
@@ -97,15 +105,16 @@ class RepeatCopyTask:
 
     def sample(self, batch: int, length: int, repeats: int, generator: torch.Generator) -> SequenceBatch:
         _check_positive(batch=batch, length=length, repeats=repeats)
-        bits = _random_bits(length, batch, generator)
+        B = self.bits  # noqa: N806
+        bits = _random_bits(length, batch, generator, B)
         start, steps = length + 1, length + 1 + repeats * length + 1
         inputs = torch.zeros(steps, batch, self.input_size)
-        inputs[:length, :, :BITS] = bits
-        inputs[length, :, BITS] = 1.0  # delimiter
-        inputs[length, :, BITS + 1] = self.normalised_repeats(repeats)
+        inputs[:length, :, :B] = bits
+        inputs[length, :, B] = 1.0  # delimiter
+        inputs[length, :, B + 1] = self.normalised_repeats(repeats)
         targets = torch.zeros(steps, batch, self.output_size)
-        targets[start : steps - 1, :, :BITS] = bits.repeat(repeats, 1, 1)  # (N·L, B, 8)
-        targets[steps - 1, :, BITS] = 1.0  # end marker
+        targets[start : steps - 1, :, :B] = bits.repeat(repeats, 1, 1)  # (N·L, B, bits)
+        targets[steps - 1, :, B] = 1.0  # end marker
         mask = torch.zeros(steps, batch)
         mask[start:] = 1.0
         return SequenceBatch(inputs, targets, mask)
