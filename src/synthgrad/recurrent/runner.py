@@ -24,7 +24,7 @@ from synthgrad.training.run_folder import RunFolder, flush_denormals, show_progr
 # Config fields that may differ between a run and its resumption: the budget (to extend a run) and where it runs.
 RESUMABLE = frozenset({"max_minutes", "max_samples", "out", "threads", "data_dir"})
 # Config fields added after runs were written, with the value those runs ran with: such a run still resumes.
-IMPLIED = {"cell": "lstm", "init": "torch", "item_bits": 8, "optimizer": "adam", "clip": 0.0}
+IMPLIED = {"forget_bias": 0.0, "cell": "lstm", "init": "torch", "item_bits": 8, "optimizer": "adam", "clip": 0.0}
 
 
 def train_recurrent(cfg: RecurrentConfig, *, resume: bool = False, progress: bool | None = None) -> dict:

@@ -87,7 +87,7 @@ class LowRankSynthesizer(Synthesizer):
 #     training, when p is near uniform, the −Jᵀy part dominates. Through a rank-r bottleneck shared with h, a
 #     10-class label table of rank up to 10 is squeezed to rank r and competes with h for it; beside the
 #     bottleneck it is one zero-initialised vector per label that Adam moves at full rate from the first step.
-#     Measured (BENCHMARKS.md, "cDNI's label path"): cDNI on the 4-layer FCN after one epoch 11.04 % -> 7.16 %
+#     Measured (BENCHMARKS.md, "cDNI's label path"): cDNI on the 4-layer FCN after one epoch 11.04 % -> 7.25 %
 #     test error (backprop 5.59 %), and the K = 2 pipeline reaches 98 % in 440 steps instead of 702.
 
 
