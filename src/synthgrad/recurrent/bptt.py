@@ -116,7 +116,7 @@ class TruncatedBPTT(nn.Module):
         self.boundary, self.aux = boundary, aux
         model_params = [*core.parameters(), *readout.parameters(), *(aux.head.parameters() if aux else ())]
         self.optimizer = optimizer_or_none(model_params, optimizer)
-        self.clip = clip
+        self.clip, self._clipped = clip, model_params  # what the optimizer updates, clipped together
 
     # -- the parts, under their earlier names
     @property
@@ -269,8 +269,7 @@ class TruncatedBPTT(nn.Module):
         set, and clear it."""
         if self.optimizer is not None:
             if self.clip:
-                params = [p for group in self.optimizer.param_groups for p in group["params"]]
-                nn.utils.clip_grad_norm_(params, self.clip)
+                nn.utils.clip_grad_norm_(self._clipped, self.clip)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
 

@@ -88,7 +88,8 @@ class LowRankSynthesizer(Synthesizer):
 #     10-class label table of rank up to 10 is squeezed to rank r and competes with h for it; beside the
 #     bottleneck it is one zero-initialised vector per label that Adam moves at full rate from the first step.
 #     Measured (BENCHMARKS.md, "cDNI's label path"): cDNI on the 4-layer FCN after one epoch 11.04 % -> 7.25 %
-#     test error (backprop 5.59 %), and the K = 2 pipeline reaches 98 % in 440 steps instead of 702.
+#     test error (backprop 5.59 %), and the K = 2 pipeline reaches 98 % in 440 / 520 / 520 steps (seeds 0-2)
+#     instead of 702 (seed 0).
 
 
 class ConvSynthesizer(Synthesizer):
