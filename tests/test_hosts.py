@@ -70,7 +70,12 @@ def test_two_hosts_over_a_capped_slow_link_compute_what_one_host_computes(data, 
         assert max_diff(stage_state(out, k), stage_state(local, k)) == 0.0, f"stage {k}"
 
 
-def test_a_link_going_down_ends_the_job_on_every_host_within_30_s(data, tmp_path) -> None:
+def test_a_link_going_down_ends_the_job_on_every_host_within_30_s_and_resume_continues(data, tmp_path) -> None:
+    """Host 1's link goes down mid-run: every host ends within 30 s with its own line; with the link back up,
+    `--resume` on the same hosts continues from the last consistent checkpoint to the numbers of an uninterrupted
+    run with the same seed (run on loopback: where the stages ran does not change the result)."""
+    from test_parallel import cli, max_diff, stage_state
+
     out = tmp_path / "run"
     with netns.Hosts(2) as hosts:
         nodes = _start(hosts, _args(data, out, "--epochs", 400, "--timeout", 10))
@@ -82,10 +87,22 @@ def test_a_link_going_down_ends_the_job_on_every_host_within_30_s(data, tmp_path
         cut = time.monotonic()
         errs = _finish(nodes, timeout=60)
         took = time.monotonic() - cut
-    assert all(n.returncode not in (0, None) for n in nodes)
-    assert took <= 30, f"the job took {took:.0f} s to end after the link went down"
-    for err in errs:  # each host's own line (torchrun's agent then adds its failure report, which is not ours)
-        ours = [ln for ln in err.splitlines() if ln.startswith("synthgrad: error: stage")]
-        assert len(ours) == 1 and "lost" in ours[0], err[-2000:]
-    assert json.loads((out / "checkpoint.json").read_text())  # the last consistent checkpoint is named
-    assert checkpoint_of(out, 0)
+        assert all(n.returncode not in (0, None) for n in nodes)
+        assert took <= 30, f"the job took {took:.0f} s to end after the link went down"
+        for err in errs:  # each host's own line (torchrun's agent then adds its failure report, which is not ours)
+            ours = [ln for ln in err.splitlines() if ln.startswith("synthgrad: error: stage")]
+            assert len(ours) == 1 and "lost" in ours[0], err[-2000:]
+        meta = json.loads((out / "checkpoint.json").read_text())  # the last consistent checkpoint is named
+        assert checkpoint_of(out, 0)
+        done = meta["progress"]["epoch"]
+
+        hosts.link_up(1)
+        nodes = _start(hosts, _args(data, out, "--epochs", done + 1, "--timeout", 10, "--resume"))
+        errs = _finish(nodes, timeout=120)
+    assert [n.returncode for n in nodes] == [0, 0], errs
+    assert json.loads((out / "checkpoint.json").read_text())["progress"]["epoch"] == done + 1
+    whole = tmp_path / "whole"
+    r = cli(*_args(data, whole, "--epochs", done + 1))
+    assert r.returncode == 0, r.stderr
+    for k in range(2):
+        assert max_diff(stage_state(out, k), stage_state(whole, k)) == 0.0, f"stage {k}"
