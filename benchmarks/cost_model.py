@@ -11,7 +11,10 @@ overhead per step (training time per step beyond the slowest stage's busy time: 
 configuration is then predicted from that one profile and nothing else:
 
 - torch pipeline schedules and model-parallel: the profile, cut and placed as the schedule places it, with the
-  run's micro-batches;
+  run's micro-batches; each layer's time per row scaled by φ, how much slower per row the FCN's layer runs on a
+  micro-batch of that many rows than on the whole batch, measured here by a separate kernel timing before the
+  validation (`--microbatch-cost none`: φ = 1, the linear assumption); the multi-stage schedules (interleaved,
+  zero bubble, V) played in torch's own action order ([Note: simulated schedules]);
 - single process with T threads: the profile's layer times divided by T, the stated assumption that T threads
   give T times one thread's rate on these 1024-wide matrix products (intra-op scaling is not measured here);
 - decoupled (cDNI, DNI): the profile plus each synthesizer's cost from its FLOPs at the stage's measured rate
@@ -43,6 +46,7 @@ import shlex
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -128,13 +132,38 @@ def synthesizer_cost(cfg: dict, profile: Profile, stage_layers: range) -> float:
     return synth * rate + fold
 
 
-def validate(measured: dict, calibrate: str, tmp: Path) -> dict:
+def measure_microbatch_cost(width: int, batch: int, microbatches=(2, 4, 8), threads: int = 1, rounds: int = 7,
+                            rows_per_round: int = 2048) -> tuple[tuple[int, float], ...]:  # fmt: skip
+    """The FCN layer's time per row on micro-batches of batch/M rows ÷ on the whole batch ([Note: cost model]'s φ):
+    one width × width Linear + ReLU, forward and backward, `rows_per_round` rows per size per round, the sizes
+    interleaved, median over `rounds` after one warm-up round. A property of the kernels on this machine at
+    `threads` threads, measured apart from every run it helps predict."""
+    import torch
+
+    torch.set_num_threads(threads)
+    layer = torch.nn.Linear(width, width)
+    sizes = [batch] + [batch // m for m in microbatches if batch // m >= 1]
+    times: dict[int, list[float]] = {n: [] for n in sizes}
+    for rnd in range(rounds + 1):
+        for n in sizes:
+            x = torch.randn(n, width, requires_grad=True)
+            t = time.perf_counter()
+            for _ in range(max(1, rows_per_round // n)):
+                torch.relu(layer(x)).sum().backward()
+            if rnd:
+                times[n].append((time.perf_counter() - t) / (max(1, rows_per_round // n) * n))
+    whole = statistics.median(times[batch])
+    return tuple((n, statistics.median(times[n]) / whole) for n in sizes if n != batch)
+
+
+def validate(measured: dict, calibrate: str, tmp: Path, microbatch_cost=()) -> dict:
     runs = {name: group for name, group in measured["runs"]} if isinstance(measured["runs"], list) else (
         measured["runs"])  # fmt: skip
     if calibrate not in runs:
         raise SystemExit(f"no run named {calibrate!r} in the measured file (have: {', '.join(runs)})")
     cal_run = runs[calibrate][0]
     base, info = profile_of(cal_run, tmp)
+    base = dataclasses.replace(base, microbatch_cost=tuple(microbatch_cost))
     cal_cfg = run_config(cal_run["command"])
     rows = []
     for name, group in runs.items():
@@ -191,6 +220,7 @@ def validate(measured: dict, calibrate: str, tmp: Path) -> dict:
             "layer_ms": [round(s * 1e3, 4) for s in base.layer_s],
             "overhead_ms": base.overhead_s * 1e3,
             "cut_bytes_per_example": base.cut_bytes[0],
+            "microbatch_cost": [list(pair) for pair in base.microbatch_cost],
             "notes": info["notes"],
             "calibration_config": cal_cfg,
         },  # fmt: skip
@@ -279,10 +309,20 @@ def main() -> int:
     ap.add_argument("--calibrate", default="stale", help="the run that calibrates the profile")
     ap.add_argument("--json", default=str(RESULTS / "cost_model.json"))
     ap.add_argument("--plot", default=str(RESULTS / "cost_model_projection.png"))
+    ap.add_argument("--microbatch-cost", choices=["measure", "none"], default="measure",
+                    help="measure how much slower per row the FCN's layer runs on micro-batches (default), or "
+                         "assume linear (none)")  # fmt: skip
     args = ap.parse_args()
     measured = json.loads(Path(args.measured).read_text())
+    cost = ()
+    if args.microbatch_cost == "measure":
+        cfg = run_config(dict(measured["runs"])[args.calibrate][0]["command"] if isinstance(measured["runs"], list)
+                         else measured["runs"][args.calibrate][0]["command"])  # fmt: skip
+        cost = measure_microbatch_cost(cfg["width"], cfg["batch_size"], threads=cfg["threads"])
+        print("micro-batch cost (rows: time per row ÷ whole batch's): "
+              + ", ".join(f"{n}: {f:.3f}" for n, f in cost))  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
-        validation = validate(measured, args.calibrate, Path(tmp))
+        validation = validate(measured, args.calibrate, Path(tmp), cost)
     print(f"VALIDATION against {args.measured} (calibrated on {args.calibrate}; goal within {GOAL:.0%})")
     print(f"{'config':<16}{'role':<24}{'measured':>10}{'predicted':>11}{'error':>8}{'no-ovh':>8}{'own':>8}")
     for r in validation["rows"]:

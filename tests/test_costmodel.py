@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -28,21 +29,25 @@ def test_gpipe_and_1f1b_bubble_is_k_minus_1_over_m_plus_k_minus_1(schedule, K, M
     assert p.samples_per_s == pytest.approx(N / p.step_s)
 
 
+@pytest.mark.parametrize("simulate_order", [False, True], ids=["closed-form", "torch-order"])
 @pytest.mark.parametrize("schedule", ["interleaved-1f1b", "looped-bfs"])
-def test_interleaved_bubble_divides_by_the_virtual_stages(schedule) -> None:
+def test_interleaved_bubble_divides_by_the_virtual_stages(schedule, simulate_order) -> None:
+    """Balanced, M a multiple of K: torch's interleaved order reaches Megatron's bubble exactly (simulated)."""
     K, M = 4, 8
-    p = predict(schedule, balanced(K), K, microbatches=M)
+    p = predict(schedule, balanced(K), K, microbatches=M, simulate_order=simulate_order)
     assert p.per_rank == 2
     assert p.bubble == pytest.approx((K - 1) / (2 * M + K - 1))
+    assert ("simulated" in p.note) == simulate_order
 
 
 def test_zero_bubble_schedules_use_the_b_w_split() -> None:
     K, M = 4, 8
-    zb = predict("zero-bubble", balanced(K), K, microbatches=M)  # ZB-H1: (K−1)(F + B − W), F = B = W = 1/3
+    closed = {"simulate_order": False}
+    zb = predict("zero-bubble", balanced(K), K, microbatches=M, **closed)  # ZB-H1: (K−1)(F + B − W), F = B = W
     assert zb.bubble == pytest.approx((K - 1) / (3 * 2 * M + K - 1))
-    assert predict("zbv", balanced(K), K, microbatches=M).bubble == pytest.approx(0.0)  # F + B − 2W = 0
+    assert predict("zbv", balanced(K), K, microbatches=M, **closed).bubble == pytest.approx(0.0)  # F + B − 2W = 0
     heavy_forward = balanced(K, forward_fraction=0.5)  # F = 1/2, B = W = 1/4: F + B − 2W = 1/4
-    zbv = predict("zbv", heavy_forward, K, microbatches=M)
+    zbv = predict("zbv", heavy_forward, K, microbatches=M, **closed)
     tau = 0.04 / M
     assert zbv.step_s == pytest.approx(M * tau + (K - 1) * tau / 2 * 0.25)  # τ/2: a chunk
 
@@ -190,3 +195,84 @@ def test_from_a_folder_that_is_not_a_run(tmp_path, capsys) -> None:
     (tmp_path / "config.json").write_text("{}")
     assert main(["plan", "--from", str(tmp_path)]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------- torch's action order, simulated
+def test_simulation_hand_computed() -> None:
+    """One micro-batch over two ranks: F 1 s, B 2 s per stage, a message 0.5 s on the link plus 0.25 s delay."""
+    from synthgrad.parallel.schedule_sim import simulate
+
+    order = [[("F", 0, 0), ("SEND_F", 0, 0), ("RECV_B", 0, 0), ("B", 0, 0)],
+             [("RECV_F", 1, 0), ("F", 1, 0), ("B", 1, 0), ("SEND_B", 1, 0)]]  # fmt: skip
+    step, busy = simulate(order, lambda kind, stage: {"F": 1.0, "B": 2.0}[kind], lambda cut: 0.5, lambda s: s, 0.25)
+    # rank 0: F ends at 1; arrives 1.75; rank 1: F 1.75..2.75, B ..4.75; back at 5.5; rank 0's B 5.5..7.5
+    assert (step, busy) == (pytest.approx(7.5), [3.0, 3.0])
+
+
+def test_a_posted_receive_does_not_block_the_work_before_its_use() -> None:
+    from synthgrad.parallel.schedule_sim import simulate
+
+    order = [[("RECV_B", 0, 0), ("F", 0, 1), ("B", 0, 0)], [("B", 1, 0), ("SEND_B", 1, 0)]]
+    step, _ = simulate(order, lambda kind, stage: {"F": 1.0, "B": 2.0}[kind], lambda cut: 0.0, lambda s: s)
+    assert step == pytest.approx(4.0)  # F 0..1 while the gradient is on its way (arrives at 2), B 2..4
+
+
+def test_a_deadlocked_order_is_an_error() -> None:
+    from synthgrad.parallel.schedule_sim import simulate
+
+    with pytest.raises(RuntimeError, match="deadlocks"):
+        simulate([[("RECV_B", 0, 0), ("B", 0, 0)], [("RECV_F", 1, 0), ("F", 1, 0)]], lambda k, s: 1.0,
+                 lambda cut: 0.0, lambda s: s)  # fmt: skip
+
+
+@pytest.mark.parametrize("schedule", ["interleaved-1f1b", "looped-bfs", "zero-bubble", "zbv", "dualpipev"])
+def test_torch_order_runs_every_computation_once(schedule) -> None:
+    from synthgrad.parallel.schedule_sim import torch_order
+
+    K, M = 2, 4
+    order = torch_order(schedule, K, M)
+    assert order is not None and len(order) == K
+    done = [op for rank in order for op in rank if op[0] in ("F", "I", "W", "B")]
+    for kind in ("F", "backward"):
+        got = sorted((s, m) for k, s, m in done if (k == "F") == (kind == "F") and k != "W")
+        assert got == sorted((s, m) for s in range(2 * K) for m in range(M)), kind
+    splits = [op for op in done if op[0] == "W"]
+    assert (len(splits) > 0) == (schedule in ("zero-bubble", "zbv", "dualpipev"))
+
+
+def test_torch_order_is_none_where_torch_has_no_list_or_refuses() -> None:
+    from synthgrad.parallel.schedule_sim import torch_order
+
+    assert torch_order("1f1b", 2, 4) is None  # single-stage schedules run procedurally
+    assert torch_order("dualpipev", 2, 2) is None  # torch: at least as many micro-batches as stages
+
+
+def test_simulated_zero_bubble_matches_its_bound_and_torch_zbv_does_not_reach_zero() -> None:
+    """Balanced, F = B = W: torch's ZB1P order reaches ZB-H1's bubble; its ZB-V order has ZB-H1's bubble too,
+    not ZB-H2's zero (what the simulation found; the closed form keeps the paper's bound)."""
+    K, M = 4, 8
+    zb = predict("zero-bubble", balanced(K), K, microbatches=M)
+    assert zb.bubble == pytest.approx((K - 1) / (3 * 2 * M + K - 1))
+    zbv = predict("zbv", balanced(K), K, microbatches=M)
+    assert zbv.bubble == pytest.approx(zb.bubble)
+    assert predict("zbv", balanced(K), K, microbatches=M, simulate_order=False).bubble == pytest.approx(0.0)
+
+
+def test_link_time_on_the_simulated_critical_path() -> None:
+    K, M = 2, 4
+    free = predict("zero-bubble", balanced(K), K, microbatches=M)
+    slow = predict("zero-bubble", balanced(K), K, microbatches=M, link=LinkSpec(0.005))
+    assert free.comm_s == pytest.approx(0.0)
+    assert slow.comm_s >= 2 * 2 * 0.005 - 1e-12  # at least one micro-batch's round trip across both cuts
+    assert slow.step_s == pytest.approx(free.step_s + slow.comm_s)
+
+
+def test_microbatch_cost_interpolates_in_log_rows() -> None:
+    prof = balanced(2, microbatch_cost=((128, 1.0), (64, 1.3), (32, 1.6)))
+    assert [prof.row_factor(r) for r in (256, 128, 64, 32, 8)] == [1.0, 1.0, 1.3, 1.6, 1.6]
+    assert prof.row_factor(90) == pytest.approx(1.3 - 0.3 * math.log(90 / 64) / math.log(2))
+    base = predict("1f1b", balanced(2), 2, microbatches=4)
+    slowed = predict("1f1b", balanced(2, microbatch_cost=((64, 1.3),)), 2, microbatches=4)
+    assert slowed.step_s == pytest.approx(base.step_s * 1.3)  # 64-row micro-batches, all compute × 1.3
+    with pytest.raises(ConfigError, match="micro-batch costs"):
+        balanced(2, microbatch_cost=((64, 0.0),))

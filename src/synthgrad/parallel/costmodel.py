@@ -13,8 +13,10 @@ supports, for K stages, from measured per-stage compute, message sizes and a lin
     Stages. The layers are cut into K·v contiguous chunks (`split_layers`), v per rank, placed as the runtime
     places them (`torch_pipelines.placement`: one per rank for gpipe and 1f1b; a loop r, r+K for
     interleaved-1f1b, looped-bfs and zero-bubble; a V r, 2K−1−r for zbv and dualpipev). With M micro-batches,
-    rank r computes τ_r = Σ over its layers (layer_s / M + fixed_s) per micro-batch: linear in the micro-batch
-    size (an assumption; small micro-batches are less efficient on real hardware than this says). τ = max_r τ_r,
+    rank r computes τ_r = Σ over its layers (layer_s · φ(N/M) / M + fixed_s) per micro-batch. φ(rows) is the
+    measured time per row on a micro-batch of that many rows ÷ on the whole batch (`microbatch_cost`, log-linear
+    between measured points; benchmarks/cost_model.py measures it for the FCN's layer): small micro-batches run
+    matrix products less efficiently. Without measurements φ = 1: linear in the micro-batch size. τ = max_r τ_r,
     Σ = Σ_r τ_r.
 
     Flushed schedules (exact gradients, one flush per batch). The time of one batch is
@@ -42,6 +44,11 @@ supports, for K stages, from measured per-stage compute, message sizes and a lin
             conservative: ZB-H1's bubble. DualPipe's own, (PP/2 − 1)(F&B + B − 3W) (DeepSeek-V3 report,
             arXiv:2412.19437, Table 2), counts on overlapping a forward and a backward chunk on two streams,
             which one stream of ops does not give
+
+    These are steady-state bounds. For the multi-stage schedules (v = 2) `predict` plays torch's own action list
+    instead ([Note: simulated schedules] in schedule_sim.py): with few micro-batches the steady state is never
+    reached (zero bubble at K = 2, M = 2: 30 % more time than its bound, measured and simulated alike). The closed
+    form remains for GPipe, 1F1B, model-parallel, and lists longer than the simulation's limit.
 
     F, B, W: `forward_fraction` of a layer's work is its forward (default 1/3: the backward costs two forwards,
     one for the input gradient and one for the weight gradient), `weight_fraction` of the backward is W (1/2).
@@ -77,6 +84,7 @@ from typing import Any
 from synthgrad.errors import ConfigError
 from synthgrad.parallel.link import LinkSpec, format_bandwidth, parse_bandwidth
 from synthgrad.parallel.partition import split_layers
+from synthgrad.parallel.schedule_sim import MAX_ACTIONS, simulate, torch_order
 from synthgrad.parallel.staleness import MARGIN, derive_staleness
 from synthgrad.parallel.torch_pipelines import SCHEDULES as TORCH_SCHEDULES
 from synthgrad.parallel.torch_pipelines import default_microbatches, placement, stages_per_rank
@@ -100,6 +108,9 @@ class Profile:
     weight_fraction: float = 0.5  # W / (B + W)
     synth_s: float = 0.0  # the synthesizer, per batch, on each stage that has one (decoupled)
     overhead_s: float = 0.0  # per step, outside the stages
+    # measured (rows, time per row ÷ time per row at the whole batch) pairs: how much less efficient a layer is
+    # on a micro-batch of that many rows; empty: linear in the rows (the default assumption)
+    microbatch_cost: tuple[tuple[int, float], ...] = ()
 
     def __post_init__(self) -> None:
         if not self.layer_s:
@@ -114,6 +125,8 @@ class Profile:
                 raise ConfigError(f"every {what} must be a finite number >= 0, got {list(values)}")
         if self.batch_size < 1:
             raise ConfigError(f"the batch size must be >= 1, got {self.batch_size}")
+        if any(not (rows >= 1 and math.isfinite(f) and f > 0) for rows, f in self.microbatch_cost):
+            raise ConfigError(f"micro-batch costs must be (rows >= 1, factor > 0) pairs, got {self.microbatch_cost}")
         for what, v in (("forward fraction", self.forward_fraction), ("weight fraction", self.weight_fraction)):
             if not 0 <= v <= 1:
                 raise ConfigError(f"the {what} must be in 0..1, got {v}")
@@ -131,6 +144,19 @@ class Profile:
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def row_factor(self, rows: float) -> float:
+        """Time per row on a micro-batch of `rows` ÷ on the whole batch: log-linear between the measured points
+        (and the whole batch's 1), the smallest point's value below them; 1 without points."""
+        if not self.microbatch_cost or rows >= self.batch_size:
+            return 1.0
+        points = sorted({**dict(self.microbatch_cost), self.batch_size: 1.0}.items())
+        if rows <= points[0][0]:
+            return points[0][1]
+        for (r0, f0), (r1, f1) in zip(points, points[1:], strict=False):
+            if rows <= r1:
+                return f0 + math.log(rows / r0) / math.log(r1 / r0) * (f1 - f0)
+        return 1.0
 
 
 @dataclass(frozen=True)
@@ -176,10 +202,11 @@ def bubble_factor(schedule: str, v: int, profile: Profile) -> float:
 
 def predict(
     schedule: str, profile: Profile, stages: int, *, microbatches: int | None = None, link: LinkSpec = NO_LINK,
-    staleness: int | str = 2,
+    staleness: int | str = 2, simulate_order: bool = True,
 ) -> Prediction:  # fmt: skip
     """Samples/s and bubble of `schedule` on `stages` ranks ([Note: cost model]). Raises ConfigError where the
-    configuration cannot exist (more chunks than layers, more micro-batches than examples)."""
+    configuration cannot exist (more chunks than layers, more micro-batches than examples). `simulate_order=False`:
+    the closed form for the multi-stage schedules too, not torch's order ([Note: simulated schedules])."""
     if schedule not in SCHEDULES:
         raise ConfigError(f"unknown schedule {schedule!r} (one of {', '.join(SCHEDULES)})")
     K = 1 if schedule == "single" else stages
@@ -196,8 +223,9 @@ def predict(
         raise ConfigError(f"{M} micro-batches of a batch of {N}: need 1..{N}")
     chunks = split_layers(n, K * v)
     owner = {j: r for r in range(K) for j in placement(schedule, r, K, v)}
-    tau = [sum(profile.layer_s[i] / M + profile.fixed_s for j, c in enumerate(chunks) if owner[j] == r for i in c)
-           for r in range(K)]  # fmt: skip
+    slow = profile.row_factor(N / M)  # small micro-batches run less efficiently (measured, where given)
+    tau = [sum(profile.layer_s[i] * slow / M + profile.fixed_s for j, c in enumerate(chunks) if owner[j] == r
+               for i in c) for r in range(K)]  # fmt: skip
     cross = [chunks[j][-1] for j in range(K * v - 1) if owner[j] != owner[j + 1]]
     message = max((profile.cut_bytes[i] * N / M for i in cross), default=0.0)
     c = (link.delay_s + link.transfer_s(message)) if cross else 0.0
@@ -206,11 +234,30 @@ def predict(
         step = sum(s + profile.fixed_s for s in profile.layer_s)
         return _prediction(schedule, 1, 1, 1, step, [step], 0.0, profile)
 
+    order = torch_order(schedule, K, M) if schedule in FLUSHED and simulate_order and 3 * K * v * M <= MAX_ACTIONS \
+        else None  # fmt: skip
+    if order is not None:
+        per_mb = [sum(profile.layer_s[i] * slow / M + profile.fixed_s for i in c) for c in chunks]
+        f, b, w = zb_fractions(profile)
+        share = {"F": f, "I": b, "W": w, "B": b + w}
+
+        def compute_s(kind: str, stage: int) -> float:
+            return per_mb[stage] * share[kind]
+
+        def transfer_s(cut: int) -> float:
+            return link.transfer_s(profile.cut_bytes[chunks[cut][-1]] * N / M)
+
+        step, busy = simulate(order, compute_s, transfer_s, owner.__getitem__, link.delay_s)
+        free, _ = simulate(order, compute_s, lambda cut: 0.0, owner.__getitem__)
+        return _prediction(schedule, K, M, v, step, busy, step - free, profile,
+                           note="torch's action order, simulated")  # fmt: skip
+
     if schedule in FLUSHED:
         fill = sum(tau) - max(tau)
         comm = 2 * v * (M - 1) * c + 2 * len(cross) * c
         step = M * max(tau) + fill * bubble_factor(schedule, v, profile) + comm
-        return _prediction(schedule, K, M, v, step, [M * t for t in tau], comm, profile)
+        note = "" if v == 1 else f"closed form: more than {MAX_ACTIONS} actions to simulate, or no torch order"
+        return _prediction(schedule, K, M, v, step, [M * t for t in tau], comm, profile, note=note)
 
     busy = [t + (profile.synth_s if schedule == "decoupled" and r < K - 1 else 0.0) for r, t in enumerate(tau)]
     T = max(busy)
