@@ -31,9 +31,11 @@ Projection (labelled PROJECTION: no GPU measured it). The FCN's 1024-wide layer 
 FLOPs at an assumed achieved 100 TFLOP/s (about a tenth of the dense peak, for matrix products this small), a
 fixed 10 µs per layer and micro-batch (kernel launches), Adam's update at 3.35 TB/s (16 bytes per parameter);
 bf16 messages (2 bytes per activation); links of 25 GB/s with 5 µs one way (a datacenter interconnect) and of
-1 Gbit/s with 20 ms (a slow, cross-site link). Models: the 7 × 1024 FCN itself (K ≤ 7, its layer count) and the
-same layer 128 deep (784 → 126 × 1024 → 10) for K = 2 … 64. Batch 256; a flushed schedule at its best number
-of micro-batches (powers of two from K to the batch); staleness: auto.
+1 Gbit/s with 20 ms (a slow, cross-site link). Models: the 7 × 1024 FCN itself (K ≤ 7, its layer count), the
+same layer 128 deep (784 → 126 × 1024 → 10) for K = 2 … 64, batch 256; and a GPT (`gpt_gpu_profile`: 64 pre-LN
+blocks of width 1024, context 1024, GPT-2's 50,257-token vocabulary, cut between blocks, 2 MB of bf16 activations
+per window at a cut, a token-wise linear synthesizer) for K = 2 … 64, batch 128 windows. A flushed schedule at
+its best number of micro-batches (powers of two from K to the batch); staleness: auto.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ from synthgrad.parallel.costmodel import (  # noqa: E402
     SCHEDULES,
     Profile,
     fcn_layer_flops,
+    gpt_layer_flops,
     plan,
     predict,
     profile_from_run,
@@ -244,6 +247,21 @@ def gpu_profile(layers: int, width: int = 1024, batch: int = 256, method: str = 
                    fixed_s=DEVICE["fixed_s_per_layer_microbatch"], synth_s=synth)  # fmt: skip
 
 
+def gpt_gpu_profile(blocks: int = 64, width: int = 1024, context: int = 1024, vocab: int = 50257,
+                    batch: int = 128) -> Profile:  # fmt: skip
+    """A decoder-only transformer cut between blocks (the embedding and the head are layers of their own), on the
+    assumed device: bf16 activations of context × width per window at every cut; DNI's synthesizer a token-wise
+    linear map (width × width at every position, as `--method cdni`'s on the GPT, the target token's row free)."""
+    flops = gpt_layer_flops(blocks, width, context, vocab)
+    params = [vocab * width] + [12 * width * width] * blocks + [width * vocab]
+    update = [n * DEVICE["adam_bytes_per_param"] / DEVICE["hbm_bytes_per_s"] for n in params]
+    layer_s = tuple(f * batch / DEVICE["achieved_flops"] + u for f, u in zip(flops, update, strict=True))
+    synth = 3 * 2 * width * width * context * batch / DEVICE["achieved_flops"] + 3 * DEVICE[
+        "fixed_s_per_layer_microbatch"]  # fmt: skip
+    return Profile(layer_s, (context * width * DEVICE["activation_bytes"],) * (len(layer_s) - 1), batch,
+                   fixed_s=DEVICE["fixed_s_per_layer_microbatch"], synth_s=synth)  # fmt: skip
+
+
 def best_rows(prof: Profile, ks: list[int], link: LinkSpec) -> list[dict]:
     """Every schedule at every K; a flushed schedule at its best micro-batch count (powers of two from K, 2K
     for dualpipev, up to the batch), as the time-to-accuracy benchmark keeps each schedule's best."""
@@ -261,11 +279,15 @@ def best_rows(prof: Profile, ks: list[int], link: LinkSpec) -> list[dict]:
 def project() -> dict:
     out = {"label": "PROJECTION (assumed device and links; not measured)", "device": DEVICE,
            "microbatches": "flushed schedules at their best M (powers of two, K..batch)", "models": {}}  # fmt: skip
-    models = {"fcn 7x1024": (7, [2, 4, 7]), "fcn 128x1024": (128, [2, 4, 8, 16, 32, 64])}
-    for model, (layers, ks) in models.items():
-        prof = gpu_profile(layers)
+    models = {"fcn 7x1024": (gpu_profile(7), [2, 4, 7]),
+              "fcn 128x1024": (gpu_profile(128), [2, 4, 8, 16, 32, 64]),
+              "gpt 64 blocks x 1024, context 1024, batch 128": (gpt_gpu_profile(), [2, 4, 8, 16, 32, 64])}  # fmt: skip
+    for model, (prof, ks) in models.items():
+        layers = prof.layers
         out["models"][model] = {
             "layers": layers,
+            "batch": prof.batch_size,
+            "cut_bytes_per_example": prof.cut_bytes[0],
             "total_compute_ms_per_batch": sum(prof.layer_s) * 1e3 + layers * prof.fixed_s * 1e3,
             "links": {name: best_rows(prof, ks, link) for name, link in LINKS.items()},
         }
@@ -278,9 +300,11 @@ def plot(projection: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    model = projection["models"]["fcn 128x1024"]
-    fig, axes = plt.subplots(1, len(model["links"]), figsize=(13, 5), sharey=True)
-    for ax, (name, rows) in zip(axes, model["links"].items(), strict=True):
+    shown = [m for m in projection["models"] if not m.startswith("fcn 7")]
+    links = list(projection["models"][shown[0]]["links"])
+    fig, grid = plt.subplots(len(shown), len(links), figsize=(13, 5 * len(shown)), squeeze=False)
+    for (ax, (model, name)) in zip(grid.flat, [(m, n) for m in shown for n in links], strict=True):
+        rows = projection["models"][model]["links"][name]
         ks = sorted({r["stages"] for r in rows if "skipped" not in r and r["schedule"] != "single"})
         for i, schedule in enumerate(SCHEDULES):
             got = [r for r in rows if r["schedule"] == schedule and "skipped" not in r]
@@ -289,15 +313,15 @@ def plot(projection: dict, path: Path) -> None:
                 ax.plot([ks[0], ks[-1]], [got[0]["samples_per_s"]] * 2, linestyle=":", color="k", label="single")
             elif got:
                 ax.plot([r["stages"] for r in got], [r["samples_per_s"] for r in got], marker="o", ms=3, **style)
-        ax.set(xscale="log", yscale="log", xlabel="K (ranks)", title=f"link {name}")
+        ax.set(xscale="log", yscale="log", xlabel="K (ranks)", ylabel="predicted samples/s",
+               title=f"{model}\nlink {name}")  # fmt: skip
         ax.set_xticks(ks, [str(k) for k in ks])
         ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.grid(alpha=0.3, which="both")
-    axes[0].set_ylabel("predicted samples/s")
-    axes[-1].legend(fontsize=8, ncol=2)
-    fig.suptitle("PROJECTION (cost model, not measured): FCN 128 x 1024, batch 256, on an assumed H100 "
-                 "(100 TFLOP/s achieved, 10 us/layer/micro-batch);\nexact schedules at their best micro-batch count, "
-                 "stale/decoupled at auto staleness")  # fmt: skip
+        ax.legend(fontsize=7, ncol=2)
+    fig.suptitle("PROJECTION (cost model, not measured) on an assumed H100 (100 TFLOP/s achieved, 10 us/layer/"
+                 "micro-batch);\nexact schedules at their best micro-batch count, stale/decoupled at auto staleness; "
+                 "samples = examples (FCN) or windows (GPT)")  # fmt: skip
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
