@@ -303,7 +303,7 @@ def plot(projection: dict, path: Path) -> None:
     shown = [m for m in projection["models"] if not m.startswith("fcn 7")]
     links = list(projection["models"][shown[0]]["links"])
     fig, grid = plt.subplots(len(shown), len(links), figsize=(13, 5 * len(shown)), squeeze=False)
-    for (ax, (model, name)) in zip(grid.flat, [(m, n) for m in shown for n in links], strict=True):
+    for ax, (model, name) in zip(grid.flat, [(m, n) for m in shown for n in links], strict=True):
         rows = projection["models"][model]["links"][name]
         ks = sorted({r["stages"] for r in rows if "skipped" not in r and r["schedule"] != "single"})
         for i, schedule in enumerate(SCHEDULES):
