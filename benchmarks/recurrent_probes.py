@@ -54,6 +54,10 @@ PROBES: dict[str, tuple[str, list[str]]] = {
     "adam-clip-10": ("today's Adam 1e-3, gradient norm clipped to 10", ["--clip", "10"]),
     "rmsprop-lr-1e-3": ("RMSProp at today's lr 1e-3, no clipping", ["--optimizer", "rmsprop"]),
     "item-bits-4": ("4-bit items instead of 8", ["--item-bits", "4"]),
+    "stream-8": (
+        "the paper's continuous stream, approximated: 8 episodes per sequence, the state carried across them",
+        ["--episodes", "8"],
+    ),
 }
 DEFAULT_PROBES = ["baseline", "peephole", "init-uniform", "init-orthogonal", "rmsprop", "hidden-512"]
 TASKS = ["copy", "repeat-copy"]

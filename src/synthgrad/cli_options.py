@@ -153,7 +153,13 @@ RECURRENT_OPTIONS = [
     ),
     ("--clip", _real, "copy tasks, ptb-char: the model's gradient clipped to this global norm (default 0: off)"),
     ("--item-bits", int, "copy tasks: the width of the vectors to copy (default 8)"),
-    ("--max-samples", int, "budget: sequences (copy), characters (ptb-char) or digits read (multinet)"),
+    (
+        "--episodes",
+        int,
+        "copy tasks: episodes per training sequence, back to back at the curriculum's level, the state carried "
+        "across them (the paper's continuous stream); the curriculum's error stays per episode (default 1)",
+    ),
+    ("--max-samples", int, "budget: episodes (copy tasks), characters (ptb-char) or digits read (multinet)"),
     (
         "--max-minutes",
         _real,
@@ -175,7 +181,7 @@ RECURRENT_OPTIONS = [
         "through the core's trace Jacobian ([Note: synthesizer traces]); 0: the paper's bootstrap; default 1",
     ),
     ("--log-every", int, "samples between metric rows and checkpoints (ptb-char: validations)"),
-    ("--curriculum-threshold", _real, "copy tasks: bits wrong per sequence below which the length grows"),
+    ("--curriculum-threshold", _real, "copy tasks: bits wrong per episode below which the length grows"),
     ("--curriculum-window", int, "copy tasks: batches averaged by the curriculum"),
     ("--max-repeats", int, "repeat-copy: the most repeats N (10)"),
     (

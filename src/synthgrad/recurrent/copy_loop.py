@@ -1,5 +1,6 @@
 """Copy and Repeat Copy (PAPER.md §4): one batch of fresh sequences per update at the curriculum's level, trained
-by `TruncatedBPTT.train_sequence` in chunks of T.
+by `TruncatedBPTT.train_sequence` in chunks of T; a sequence is one episode, or `--episodes` of them back to back
+([Note: continuous stream]).
 
 [Note: curriculum error]
     The curriculum (PAPER.md §4) grows the length when "the average error falls below 0.15 bits per sequence".
@@ -33,13 +34,41 @@ by `TruncatedBPTT.train_sequence` in chunks of T.
     Where in the output the final model goes wrong: bits wrong at each scored step, in time order, averaged over
     `POSITION_SEQUENCES` fresh sequences at the level the run was working on when it ended (the first one not
     solved; Repeat Copy with `--repeat-curriculum length` draws one N for them all), run forward from the start
-    state with the final weights, from a generator of its own (the training stream is left untouched).
+    state with the final weights, from a generator of its own (the training stream is left untouched). Each of
+    them is one episode from the zero state, whatever `--episodes` ([Note: continuous stream]).
+
+[Note: continuous stream]
+    The paper runs its RNN on Copy and Repeat Copy "continuously and across episode boundaries": the state is
+    not reset between episodes, so the truncation's chunk boundaries fall at every phase of an episode (in the
+    input, at the delimiter, in the output) and the core must itself clear what one episode leaves behind. By
+    default (`--episodes 1`) every training sequence is one episode from the zero state, its chunks aligned to
+    its start. With `--episodes E` every training sequence is E episodes at the curriculum's current level,
+    drawn one after the other from the training generator and concatenated along time (`CopySetup.stream`),
+    and `train_sequence` trains it as one long sequence: the state is carried across the E − 1 episode
+    boundaries, and chunks of T cross them wherever they fall (an episode's 2L + 1, or L + 1 + N·L + 1, steps
+    are in general not a multiple of T, so the phase shifts from one episode to the next). Copy and Repeat
+    Copy's two-axis curriculum: every episode at the same level (L; (L, N)). Repeat Copy's `length`
+    curriculum: each episode draws its own N, as each batch does at E = 1 (one N per episode for the whole
+    batch), so one sequence mixes several N.
+
+    What stays the same: the curriculum's error is bits wrong per *episode* (`per_episode`): a sequence's bits
+    wrong are divided by E, and so are the cost bits and the loss of the metric rows, so the threshold 0.15
+    means what it means at E = 1. The window still counts batches (updates), each now of E episodes per
+    sequence. Samples (`--max-samples`, `--log-every`, a row's `samples`) count episodes, B·E per update, so a
+    budget in samples reads the same number of episodes at every E. At E = 1 all of this is today's run, bit
+    for bit (the generator draws the same numbers in the same order).
+
+    What it does not do: the stream still restarts from the zero state every E episodes (each sequence starts
+    fresh and its first chunk starts at its first step; the paper's stream never restarts), so E = 8
+    approximates the paper's endless stream, one episode boundary in 8 being a reset. As at E = 1, the last
+    chunk of a sequence bootstraps no synthetic gradient, and λ-returns and true-gradient targets span the
+    whole sequence. The evaluation of the final model stays single-episode ([Note: errors by position]).
 """
 
 from __future__ import annotations
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from synthgrad import plots
 from synthgrad.recurrent.bptt import TruncatedBPTT
@@ -68,7 +97,7 @@ class CopySetup:
     def __init__(self, cfg: RecurrentConfig, saved: dict | None) -> None:
         bits = cfg.item_bits
         self.task = CopyTask(bits) if cfg.task is RecurrentTask.COPY else RepeatCopyTask(cfg.max_repeats, bits)
-        self.task_name = cfg.task
+        self.task_name, self.episodes = cfg.task, cfg.episodes
         torch.manual_seed(cfg.seed)
         core = cfg.core(self.task.input_size)
         readout = nn.Linear(cfg.hidden_size, self.task.output_size)
@@ -90,13 +119,21 @@ class CopySetup:
             self.sums = saved["task"]["sums"]
 
     def sample(self, n: int, gen: torch.Generator) -> SequenceBatch:
-        """n sequences at the curriculum's level."""
+        """n episodes at the curriculum's level."""
         c = self.curriculum
         if self.two_axes:
             return self.task.sample(n, c.length, c.repeats, gen)
         if isinstance(self.task, RepeatCopyTask):
             return self.task.sample(n, c.length, self.task.sample_repeats(gen), gen)
         return self.task.sample(n, c.length, gen)
+
+    def stream(self, n: int, gen: torch.Generator) -> SequenceBatch:
+        """n training sequences of `episodes` episodes each at the curriculum's level, back to back along time
+        ([Note: continuous stream]); with one episode, `sample`'s batch itself."""
+        if self.episodes == 1:
+            return self.sample(n, gen)
+        parts = [self.sample(n, gen) for _ in range(self.episodes)]
+        return SequenceBatch(*(torch.cat([getattr(b, f) for b in parts]) for f in ("inputs", "targets", "mask")))
 
     def repeats(self) -> dict:
         """The two-axis curriculum's second axis, for a metric row."""
@@ -118,21 +155,21 @@ def train_copy(cfg: RecurrentConfig, run: Budget, saved: dict | None) -> dict:
     """Train until the budget is spent; returns the task's part of the summary."""
     s = CopySetup(cfg, saved)
     while not run.exhausted():
-        batch = s.sample(cfg.batch_size, s.generator)
+        batch = s.stream(cfg.batch_size, s.generator)  # [Note: continuous stream]
         chunks = s.trainer.train_sequence(batch.inputs, batch.targets, batch.mask)
         loss = sum(c.loss for c in chunks)
         run.check_step(loss, "the training loss", s.trainer, steps=sum(c.steps for c in chunks))
         logits = torch.cat([c.outputs for c in chunks])  # (S, B, O), as predicted while training
-        bits_wrong = sequence_bit_errors(logits, batch).mean().item()  # [Note: curriculum error]
+        bits_wrong, cost = per_episode(logits, batch, cfg.episodes)  # [Note: curriculum error]
         s.curriculum.record(bits_wrong)
         sg = [c.sg_loss for c in chunks if c.sg_loss is not None]
         sums = s.sums
-        for key, v in (("loss", loss), ("bits", bits_wrong), ("cost", sequence_cost_bits(logits, batch).mean())):
+        for key, v in (("loss", float(loss) / cfg.episodes), ("bits", bits_wrong), ("cost", cost)):
             sums[key] += float(v)
         sums["n"] += 1
         sums["sg"], sums["n_sg"] = sums["sg"] + sum(sg), sums["n_sg"] + len(sg)
         run.postfix(length=s.curriculum.length, **s.repeats(), solved=s.curriculum.max_solved)
-        if run.advance(cfg.batch_size):
+        if run.advance(cfg.batch_size * cfg.episodes):  # samples: episodes
             run.record(
                 {
                     "length": s.curriculum.length,
@@ -155,9 +192,10 @@ def _result(cfg: RecurrentConfig, run: Budget, s: CopySetup) -> dict:
     """The summary's Copy part and the two figures."""
     c, title = s.curriculum, f"{cfg.task.value}, {cfg.method.value}, T={cfg.T}"
     current, what = ("output_length", "output vectors N·L") if s.two_axes else ("length", "sequence length")
+    unit = "sequences" if cfg.episodes == 1 else "episodes"  # what the samples count ([Note: continuous stream])
     plots.curves(
         run.progress.history, run.out / "learning_curve.png", x="samples",
-        ys=[(current, "current"), ("max_length", "max solved")], step=True, xlabel="sequences", ylabel=what,
+        ys=[(current, "current"), ("max_length", "max solved")], step=True, xlabel=unit, ylabel=what,
         title=title,
     )  # fmt: skip
     fresh = s.sample(POSITION_SEQUENCES, torch.Generator().manual_seed(cfg.seed + 1))
@@ -166,6 +204,7 @@ def _result(cfg: RecurrentConfig, run: Budget, s: CopySetup) -> dict:
         "paper_score": s.score_in_paper_units(),  # the episode length ([Note: paper score] in tasks.py)
         "final_length": c.length,
         "item_bits": cfg.item_bits,
+        "episodes": cfg.episodes,  # per training sequence ([Note: continuous stream])
         "bit_errors_by_position": errors_by_position(s.trainer, fresh),
     }
     level = f"L={c.length}, N={c.repeats}" if s.two_axes else f"length {c.length}"
@@ -178,7 +217,15 @@ def _result(cfg: RecurrentConfig, run: Budget, s: CopySetup) -> dict:
         result["score"] = "N·L, output vectors" if s.two_axes else "L, N uniform on 1..max_repeats"
     if s.two_axes:
         result["final_repeats"] = c.repeats
-    return {**result, "curriculum_error": "bits wrong per sequence", "curriculum_threshold": cfg.curriculum_threshold}
+    error = "bits wrong per sequence" if cfg.episodes == 1 else "bits wrong per episode (per sequence / episodes)"
+    return {**result, "curriculum_error": error, "curriculum_threshold": cfg.curriculum_threshold}
+
+
+def per_episode(logits: Tensor, batch: SequenceBatch, episodes: int) -> tuple[float, float]:
+    """The batch's mean bits wrong ([Note: curriculum error]) and cost bits per episode: each sequence's, divided
+    by the `episodes` it holds ([Note: continuous stream])."""
+    bits = sequence_bit_errors(logits, batch).mean().item() / episodes
+    return bits, float(sequence_cost_bits(logits, batch).mean()) / episodes
 
 
 def errors_by_position(trainer: TruncatedBPTT, batch: SequenceBatch) -> list[float]:

@@ -4,8 +4,9 @@ One run in one `RunFolder` (config.json, train.log, metrics.jsonl: a row every `
 checkpoint.json + checkpoint-r0-N.pt, summary.json, and learning_curve.png; Copy tasks also position_errors.png).
 The folder is checked (and, with `resume`, the checkpoint loaded) before the data are read, and written only
 once they have loaded, so a missing file leaves no run behind. Each task is a thin loop of its own:
-`copy_loop.train_copy` (`TruncatedBPTT.train_sequence`, one episode per batch), `ptb_loop.train_ptb`
-(`TruncatedBPTT.train_chunk` over one stream) and `multinet_loop.train_multinet` (`MultiNetSystem.train_episode`).
+`copy_loop.train_copy` (`TruncatedBPTT.train_sequence`, one episode per sequence, or `--episodes` of them back to
+back), `ptb_loop.train_ptb` (`TruncatedBPTT.train_chunk` over one stream) and `multinet_loop.train_multinet`
+(`MultiNetSystem.train_episode`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,10 @@ from synthgrad.training.run_folder import RunFolder, flush_denormals, show_progr
 # Config fields that may differ between a run and its resumption: the budget (to extend a run) and where it runs.
 RESUMABLE = frozenset({"max_minutes", "max_samples", "out", "threads", "data_dir"})
 # Config fields added after runs were written, with the value those runs ran with: such a run still resumes.
-IMPLIED = {"forget_bias": 0.0, "cell": "lstm", "init": "torch", "item_bits": 8, "optimizer": "adam", "clip": 0.0}
+IMPLIED = {
+    "forget_bias": 0.0, "cell": "lstm", "init": "torch", "item_bits": 8, "optimizer": "adam", "clip": 0.0,
+    "episodes": 1,
+}  # fmt: skip
 
 
 def train_recurrent(cfg: RecurrentConfig, *, resume: bool = False, progress: bool | None = None) -> dict:

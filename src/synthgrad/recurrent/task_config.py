@@ -83,6 +83,7 @@ _TASK_ONLY: dict[str, tuple[RecurrentTask, ...]] = {
     "optimizer": (*COPY_TASKS, RecurrentTask.PTB_CHAR),
     "clip": (*COPY_TASKS, RecurrentTask.PTB_CHAR),
     "item_bits": COPY_TASKS,
+    "episodes": COPY_TASKS,
     "max_repeats": (RecurrentTask.REPEAT_COPY,),
     "repeat_curriculum": (RecurrentTask.REPEAT_COPY,),
     "patience": (RecurrentTask.PTB_CHAR,),
@@ -115,6 +116,7 @@ class RecurrentConfig:
     cell: CellKind = CellKind.LSTM  # lstm: nn.LSTMCell; peephole: Graves 2013's (`PeepholeLSTMCore`)
     init: LSTMInit = LSTMInit.TORCH  # the LSTM's weights at init (`LSTMInit`, `init_lstm_`)
     item_bits: int = 8  # copy tasks: the width of the vectors to copy (NTM: 8)
+    episodes: int = 1  # copy tasks: episodes per training sequence, state carried ([Note: continuous stream])
     # -- optimisation: Adam (PAPER.md §2); the paper gives no recurrent lr, 1e-3 is Adam's own default and
     # trains these LSTMs without clipping in our short runs.
     lr: float = 1e-3
@@ -233,6 +235,10 @@ class RecurrentConfig:
             (
                 isinstance(self.item_bits, int) and not isinstance(self.item_bits, bool) and self.item_bits >= 1,
                 f"--item-bits must be a whole number >= 1, got {self.item_bits!r}",
+            ),
+            (
+                isinstance(self.episodes, int) and not isinstance(self.episodes, bool) and self.episodes >= 1,
+                f"--episodes must be a whole number >= 1, got {self.episodes!r}",
             ),
             (self.synthesizer_lr is None or self.synthesizer_lr > 0, "--synthesizer-lr must be > 0"),
             (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
