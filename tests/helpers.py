@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from synthgrad.checkpoint import load_checkpoint
 from synthgrad.data import write_idx
@@ -44,3 +45,24 @@ def checkpoint_of(out: Path, rank: int = 0) -> tuple[dict, dict]:
     """(the manifest, rank `rank`'s saved state) of the last checkpoint in the run folder `out`."""
     manifest = json.loads((Path(out) / "checkpoint.json").read_text())
     return manifest, load_checkpoint(Path(out) / manifest["files"][rank])["state"]
+
+
+def summary_and_rows(out: Path) -> tuple[dict, list[dict]]:
+    """A run's summary and metric rows without their wall-clock fields, for comparing two runs."""
+    summary = json.loads((out / "summary.json").read_text())
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    drop = ("wall_time_s", "time")
+    return {k: v for k, v in summary.items() if k not in drop}, [
+        {k: v for k, v in r.items() if k not in drop} for r in rows
+    ]
+
+
+def same_tensors(a: object, b: object) -> bool:
+    """Equal nested dicts / lists of tensors and plain values, tensors bit for bit."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same_tensors(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return isinstance(b, list | tuple) and len(a) == len(b) and all(map(same_tensors, a, b))
+    return a == b

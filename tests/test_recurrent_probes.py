@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from helpers import run_cli
+from helpers import run_cli, same_tensors, summary_and_rows
 from synthgrad.recurrent import RecurrentConfig, RecurrentMethod, RecurrentTask
 from synthgrad.recurrent.cells import CellKind, LSTMCore, LSTMInit, PeepholeLSTMCore, make_core
 from synthgrad.recurrent.copy_loop import CopySetup
@@ -160,25 +160,6 @@ def test_the_default_core_is_todays_lstm_draw_for_draw() -> None:
 
 
 # -- defaults unchanged, end to end --------------------------------------------------------------------------------
-
-
-def summary_and_rows(out: Path) -> tuple[dict, list[dict]]:
-    summary = json.loads((out / "summary.json").read_text())
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    drop = ("wall_time_s", "time")
-    return {k: v for k, v in summary.items() if k not in drop}, [
-        {k: v for k, v in r.items() if k not in drop} for r in rows
-    ]
-
-
-def same_tensors(a: object, b: object) -> bool:
-    if isinstance(a, torch.Tensor):
-        return isinstance(b, torch.Tensor) and torch.equal(a, b)
-    if isinstance(a, dict):
-        return isinstance(b, dict) and a.keys() == b.keys() and all(same_tensors(a[k], b[k]) for k in a)
-    if isinstance(a, list | tuple):
-        return isinstance(b, list | tuple) and len(a) == len(b) and all(map(same_tensors, a, b))
-    return a == b
 
 
 @pytest.mark.parametrize("method", ["bptt", "dni"])

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import run_cli
+from helpers import run_cli, same_tensors, summary_and_rows
 from synthgrad.recurrent import RecurrentConfig, RecurrentMethod, RecurrentTask, copy_loop
 from synthgrad.recurrent.copy_loop import CopySetup, per_episode
 from synthgrad.recurrent.runner import IMPLIED, RESUMABLE, train_recurrent
@@ -22,25 +22,6 @@ from synthgrad.training.run_folder import RunFolder, resume_mismatch
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--hidden-size", "8", "--batch-size", "4", "--threads", "1", "--no-progress", "--seed", "3"]
-
-
-def summary_and_rows(out: Path) -> tuple[dict, list[dict]]:
-    summary = json.loads((out / "summary.json").read_text())
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    drop = ("wall_time_s", "time")
-    return {k: v for k, v in summary.items() if k not in drop}, [
-        {k: v for k, v in r.items() if k not in drop} for r in rows
-    ]
-
-
-def same_tensors(a: object, b: object) -> bool:
-    if isinstance(a, torch.Tensor):
-        return isinstance(b, torch.Tensor) and torch.equal(a, b)
-    if isinstance(a, dict):
-        return isinstance(b, dict) and a.keys() == b.keys() and all(same_tensors(a[k], b[k]) for k in a)
-    if isinstance(a, list | tuple):
-        return isinstance(b, list | tuple) and len(a) == len(b) and all(map(same_tensors, a, b))
-    return a == b
 
 
 def setup(task: RecurrentTask = RecurrentTask.COPY, **changes: object) -> CopySetup:
