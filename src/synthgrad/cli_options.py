@@ -8,7 +8,8 @@ import argparse
 import math
 
 # `SynthesizerKind`'s values, spelled out so that `synthgrad --help` does not import torch (a test keeps them equal).
-SYNTHESIZER_KINDS = ["linear", "lowrank", "mlp", "conv", "zero", "token-linear", "token-lowrank", "token-mlp"]
+SYNTHESIZER_KINDS = ["linear", "lowrank", "mlp", "conv", "zero", "token-linear", "token-lowrank", "token-mlp",
+                     "token-attention"]  # fmt: skip
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
 

@@ -194,7 +194,11 @@ class TrainConfig:
                 raise ConfigError("--unlock full is not supported with --model gpt (no input synthesizer reads ids)")
             if kind is not None and not (kind.tokenwise or kind is SynthesizerKind.ZERO):
                 raise ConfigError(f"--synthesizer {kind.value} flattens the (T, D) activations of a GPT: use "
-                                  "token-linear, token-lowrank, token-mlp or zero")  # fmt: skip
+                                  "token-linear, token-lowrank, token-mlp, token-attention or zero")  # fmt: skip
+            hidden = self.synthesizer_hidden
+            if kind is SynthesizerKind.TOKEN_ATTENTION and hidden is not None and len(hidden) != 1:
+                raise ConfigError("--synthesizer token-attention takes one width, its rank: got --synthesizer-hidden "
+                                  f"{','.join(map(str, hidden)) or 'none'}")  # fmt: skip
         elif kind is not None and kind.tokenwise:
             raise ConfigError(f"--synthesizer {kind.value} reads (T, D) token activations: use it with --model gpt")
         if self.modules is not None:
@@ -273,7 +277,9 @@ def _resolve_gpt(r: TrainConfig) -> TrainConfig:
     hidden = r.synthesizer_hidden
     if hidden is None:
         hidden = {SynthesizerKind.TOKEN_MLP: (max(1, r.width // 4),),
-                  SynthesizerKind.TOKEN_LOWRANK: (max(1, r.width // 8),)}.get(kind, ())  # fmt: skip
+                  SynthesizerKind.TOKEN_LOWRANK: (max(1, r.width // 8),),
+                  # r = D/8: 6.25 % of a block at the defaults ([Note: anti-causal synthesizer] in tokens.py)
+                  SynthesizerKind.TOKEN_ATTENTION: (max(1, r.width // 8),)}.get(kind, ())  # fmt: skip
     return dataclasses.replace(
         lm, modules=r.modules or 2, fold_every=recipe["fold_every"] if r.fold_every is None else r.fold_every,
         lr=r.lr or recipe["lr"], synthesizer_lr=r.synthesizer_lr or recipe["synthesizer_lr"], synthesizer=kind,

@@ -10,13 +10,15 @@ prediction is exactly zero: `zero_init_` is the one place that does it.
 
 Flat kinds (linear, low-rank, MLP) read a flattened example; the conv kind reads (C, H, W) feature maps; the
 token-wise kinds read (T, D) activations and apply one small map at every position (`TokenSynthesizer`), which
-is what a transformer's cut needs: a flat linear map on (T = 256, D = 384) would hold ~10¹⁰ weights.
+is what a transformer's cut needs: a flat linear map on (T = 256, D = 384) would hold ~10¹⁰ weights. The
+token-attention kind reads the same cut but lets each position attend to the later ones
+(`TokenAttentionSynthesizer`, [Note: anti-causal synthesizer] in tokens.py).
 """
 
 from synthgrad.synthesizers.base import Synthesizer, SynthesizerKind, zero_init_
 from synthgrad.synthesizers.flat import ConvSynthesizer, LinearSynthesizer, LowRankSynthesizer, MLPSynthesizer
 from synthgrad.synthesizers.spec import SynthesizerSpec
-from synthgrad.synthesizers.tokens import TokenLinear, TokenSynthesizer
+from synthgrad.synthesizers.tokens import TokenAttentionSynthesizer, TokenLinear, TokenSynthesizer
 
 __all__ = [
     "ConvSynthesizer",
@@ -26,6 +28,7 @@ __all__ = [
     "Synthesizer",
     "SynthesizerKind",
     "SynthesizerSpec",
+    "TokenAttentionSynthesizer",
     "TokenLinear",
     "TokenSynthesizer",
     "zero_init_",

@@ -20,10 +20,13 @@ class SynthesizerKind(enum.Enum):
     TOKEN_LINEAR = "token-linear"
     TOKEN_LOWRANK = "token-lowrank"
     TOKEN_MLP = "token-mlp"
+    # Across positions: attention from each position to the later ones, see `TokenAttentionSynthesizer`.
+    TOKEN_ATTENTION = "token-attention"
 
     @property
     def tokenwise(self) -> bool:
-        """Whether this kind applies one map per position of a (T, D) cut."""
+        """Whether this kind reads a (T, D) cut: one map per position (token-linear, -lowrank, -mlp), or attention
+        over the positions (token-attention)."""
         return self.value.startswith("token-")
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 
 from synthgrad.synthesizers.base import Synthesizer, SynthesizerKind
 from synthgrad.synthesizers.flat import ConvSynthesizer, LinearSynthesizer, LowRankSynthesizer, MLPSynthesizer
-from synthgrad.synthesizers.tokens import TokenSynthesizer
+from synthgrad.synthesizers.tokens import TokenAttentionSynthesizer, TokenSynthesizer
 
 
 @dataclass(frozen=True)
@@ -20,10 +20,12 @@ class SynthesizerSpec:
     """
 
     kind: SynthesizerKind = SynthesizerKind.MLP
-    hidden: tuple[int, ...] = (1024, 1024)  # (TOKEN_)LOWRANK: (rank,); ignored for (TOKEN_)LINEAR
+    hidden: tuple[int, ...] = (1024, 1024)  # (TOKEN_)LOWRANK, TOKEN_ATTENTION: (rank,); ignored for (TOKEN_)LINEAR
     batch_norm: bool = True  # MLP, CONV, TOKEN_MLP
     kernel_size: int = 5  # CONV only
-    positions: bool = False  # token kinds: the position is an input too (no longer position-equivariant)
+    # token kinds: the position is an input too (no longer position-equivariant); TOKEN_ATTENTION: a learned bias
+    # per distance t' − t on the attention scores
+    positions: bool = False
 
     @staticmethod
     def token_default(width: int) -> SynthesizerSpec:
@@ -39,6 +41,15 @@ class SynthesizerSpec:
         kind = SynthesizerKind(self.kind)
         if len(in_shape) == 2 and replace(self, kind=kind) == SynthesizerSpec():
             return self.token_default(in_shape[1]).build(in_shape, out_shape, context_dim=context_dim)
+        if kind is SynthesizerKind.TOKEN_ATTENTION:  # hidden = (r,); the field's default (1024, 1024): r = D/8
+            if len(in_shape) != 2:
+                raise ValueError(f"token-attention reads (T, D) token activations; got a cut of shape {in_shape}")
+            hidden = (max(1, in_shape[1] // 8),) if self.hidden == SynthesizerSpec.hidden else self.hidden
+            if len(hidden) != 1:
+                raise ValueError(f"token-attention takes one width, its rank r: got hidden {self.hidden}")
+            return TokenAttentionSynthesizer(
+                in_shape, out_shape, rank=hidden[0], context_dim=context_dim, positions=self.positions
+            )
         if kind.tokenwise:
             return TokenSynthesizer(
                 in_shape,

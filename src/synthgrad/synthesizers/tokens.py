@@ -188,3 +188,125 @@ class TokenSynthesizer(Synthesizer):
             elif isinstance(m, nn.Linear):
                 n += m.weight.numel()
         return n
+
+
+# [Note: anti-causal synthesizer]
+# What a synthesizer at a cut of a causal model must predict is, per token ([Note: SG units for tokens]),
+#
+#     u_{b,t} = Σ_{t' ≥ t} ∂ℓ_{b,t'}/∂h_{b,t},
+#
+# the gradient of every loss that h_{b,t} reaches, and in a causal model it reaches those of all later positions:
+# u_t depends on the activations h_{t'} and, through ℓ_{t'}, on the target tokens y_{t'} of positions t' > t. A
+# token-wise synthesizer maps (h_t, y_t, t) at one position and cannot express that part; the report
+# (reports/transformer/report.md) gives it, with cDNI's recipe not folding, as a reason cDNI (which sees y_t but
+# none of the later targets) trails backprop on the GPT by more than DNI; DNI's token MLP misses the later h_{t'}
+# alike. `TokenAttentionSynthesizer` reads the later positions: its position t attends, with one low-rank head, to
+# t' ≥ t (itself included), and for cDNI each value v_{t'} carries the target at t'. So it sees h_{b,t'} and c_{b,t'}
+# for t' ≥ t of the same sequence, nothing of other sequences and nothing of positions before t.
+#
+# It is NOT causal in t: û_t changes when h_{t'} changes at t' > t (tests/test_token_attention.py). It must not be
+# used where a forward computation at t may not see later positions (a model's own layers, sampling). A synthetic
+# gradient is not such a place: at the cut the whole (B, T, D) activation and, for cDNI, all T targets are there
+# at once, and ĝ only updates the stage below the cut. True backprop does the same: its update of the weights below
+# the cut at position t uses ∂ℓ_{t'}/∂h_t for t' > t, information from later positions flowing backwards. The
+# stage's forward pass, and so what the model computes at t, is unchanged; no target leaks into any prediction.
+#
+# Masking: `scaled_dot_product_attention` with an explicit (T, T) mask, True where t' ≥ t (the upper triangle,
+# diagonal included; with `positions` a float mask of learned biases β_{t'−t}, −∞ below). Flipping the sequence
+# and using is_causal=True computes the same, but the explicit mask says what is attended without flips.
+#
+# Width and cost: r = D/8 by default (the token low-rank default; config.py `_resolve_gpt`). Per position one
+# forward pass costs 4·D·r (q, k, z, v) + 2·T·r (scores and weighted values over all T positions, as the masked
+# kernel computes them; a position attends to (T + 1)/2 of them on average) + r·D (`out`), with ids as the
+# context (one-hot floats add 2·V·r + V·D). Against a pre-LN block's 12·D² + 2·T·D (`block_multiply_adds`, which
+# also counts all T keys): at the GPT defaults (D = 64, T = 64, r = 8) 3,584 of 57,344, 6.25 % (with a one-hot float
+# context of V = 50: 7,584, 13.2 %; the token-linear synthesizer's is 12.7 % that way, and the CLI passes ids).
+# At r = D/8 the share stays ≤ 10 % while T ≤ 11.5·D; r = D/4 would be 12.5 % at the defaults. The softmax
+# averages the later positions' values: how many there are (T − t, fewer at the end of a window) is not an input,
+# and a sum over them is matched only in scale, through `out`'s weights: on a regression whose target is such a
+# sum (tests/test_token_attention.py) it reaches a relative error of about 0.3, where a token-wise map cannot go
+# below 0.78.
+
+
+class TokenAttentionSynthesizer(Synthesizer):
+    """For (T, D) activations of a causal model: each position attends to itself and the later positions,
+
+        s_{b,t} = z_{b,t} + Σ_{t' ≥ t} softmax_{t' ≥ t}(q_{b,t}·k_{b,t'}/√r + β_{t'−t}) v_{b,t'}
+        û_{b,t} = out(ReLU(s_{b,t}), c_{b,t}),       ĝ_{b,t} = û_{b,t} / T     ([Note: SG units for tokens])
+
+    with q, k = Q h, K h and [z, v] = Z h + C c + b low-rank projections of width r (one head), c the context
+    (cDNI: the target token at each position, so v_{t'} carries the target at t' and z_t the one at t), β an
+    optional learned bias per distance t' − t, and `out` a `TokenLinear(r → D')` that also reads the context at t
+    at full rank (cDNI's label term, as in `TokenSynthesizer`). ReLU between the sum and `out`, as in the token
+    MLP: without it û is linear in the z and v of h once the attention weights are fixed. `out` is zero-initialised,
+    so ĝ starts at exactly 0. See [Note: anti-causal synthesizer] for why, what it sees and what it costs.
+
+    Args:
+        in_shape: (T, D).
+        out_shape: (T, D'); default `in_shape`.
+        rank: r, the width of q, k, v and z.
+        activation: ReLU on s (False: û = out(s)).
+        context_dim: V; the context is (B, T, V) floats, (B, T) integer ids (looked up) or (B, V) floats shared by
+            every position, as for `TokenSynthesizer`.
+        positions: add a learned bias β_{t'−t} per distance to the attention scores (up to T positions).
+    """
+
+    def __init__(
+        self,
+        in_shape: Sequence[int],
+        out_shape: Sequence[int] | None = None,
+        *,
+        rank: int,
+        activation: bool = True,
+        context_dim: int = 0,
+        positions: bool = False,
+    ) -> None:
+        out_shape = in_shape if out_shape is None else out_shape
+        if len(in_shape) != 2 or len(out_shape) != 2 or in_shape[0] != out_shape[0]:
+            raise ValueError(f"an attention token synthesizer maps (T, D) to (T, D'); got {in_shape} -> {out_shape}")
+        if rank < 1:
+            raise ValueError(f"the rank of an attention token synthesizer must be >= 1, got {rank}")
+        super().__init__(in_shape, out_shape, context_dim)
+        (t, d), d_out = self.in_shape, self.out_shape[1]
+        self.rank, self.activation = rank, activation
+        self.query_key = nn.Linear(d, 2 * rank, bias=False)  # [q, k]
+        self.value = TokenLinear(d, 2 * rank, context_dim=context_dim)  # [z, v]: h_t and the context at t
+        self.distance_bias = nn.Parameter(torch.zeros(t)) if positions else None  # β_0 … β_{T−1}
+        self.out = zero_init_(TokenLinear(rank, d_out, context_dim=context_dim))
+
+    def per_token(self, source: Tensor, context: Tensor | None = None) -> Tensor:
+        """û (B, T, D'): the per-token prediction, T·ĝ ([Note: SG units for tokens])."""
+        if source.dim() != 3 or source.shape[2] != self.in_shape[1]:
+            raise ValueError(f"expected (B, T, {self.in_shape[1]}) activations, got {tuple(source.shape)}")
+        t = source.shape[1]
+        q, k = self.query_key(source).chunk(2, dim=-1)  # 2 × (B, T, r)
+        z, v = self.value(source, context).chunk(2, dim=-1)  # 2 × (B, T, r)
+        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask(t, source))  # (B, T, r), scale 1/√r
+        s = z + attended
+        return self.out(F.relu(s) if self.activation else s, context)  # (B, T, D')
+
+    def mask(self, t: int, like: Tensor) -> Tensor:
+        """What position t (row) may attend to (column t'): t' ≥ t, the upper triangle with its diagonal. A boolean
+        (T, T) mask, or with `positions` the float one: β_{t'−t} there, −∞ below. Every row keeps its diagonal, so no
+        row is empty."""
+        later = torch.ones(t, t, dtype=torch.bool, device=like.device).triu()  # [t, t'] = t' ≥ t
+        if self.distance_bias is None:
+            return later
+        if t > self.distance_bias.shape[0]:
+            raise ValueError(f"{t} positions, but distance biases were built for {self.distance_bias.shape[0]}")
+        steps = torch.arange(t, device=like.device)
+        distance = (steps[None, :] - steps[:, None]).clamp(min=0)  # t' − t where attended
+        return self.distance_bias.to(like.dtype)[distance].masked_fill(~later, -math.inf)
+
+    def _predict(self, source: Tensor, context: Tensor | None) -> Tensor:
+        return self.per_token(source, context) / source.shape[1]  # chain units: (1/T) of the per-token quantity
+
+    def multiply_adds(self, *, dense_context: bool = True, tokens: int | None = None) -> int:
+        """Multiply-adds per position of one forward pass on `tokens` positions (default T; ×T for a sequence):
+        the projections 4·D·r (q, k, z, v), the attention 2·T·r (q·k and the weighted sum of v, counted over all T
+        positions as the kernel computes them with the mask, like `block_multiply_adds`; the mask leaves
+        (T + 1)/2 of them per position on average), and `out`'s r·D'; plus 2·V·r + V·D' when the context comes as
+        (B, T, V) floats (ids are looked up). Biases, the distance bias, ReLU and the softmax are not counted."""
+        t = self.in_shape[0] if tokens is None else tokens
+        projections = self.query_key.weight.numel() + self.value.multiply_adds(dense_context=dense_context)
+        return projections + 2 * t * self.rank + self.out.multiply_adds(dense_context=dense_context)
