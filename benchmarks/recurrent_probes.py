@@ -108,7 +108,21 @@ def run_row(row: dict, work: Path, seed: int, minutes: float, quick: bool) -> di
             return {**record, "exit_code": proc.returncode, "error": error}
         done = json.loads(summary_path.read_text())
     keys = ("max_length", "paper_score", "final_length", "samples", "steps", "wall_time_s", "max_minutes")
-    return {**record, **{k: done.get(k) for k in keys}}
+    return {**record, **{k: done.get(k) for k in keys}, **rescored(out)}
+
+
+def rescored(out: Path) -> dict:
+    """The finer measures beside the items solved: bits wrong per sequence at the level the run ended on (the
+    final weights on 1,024 fresh sequences) and the per-step reading's floor ([Note: per-step threshold])."""
+    from synthgrad.errors import ConfigError
+    from synthgrad.recurrent.rescore import rescore_run
+
+    try:
+        r = rescore_run(out)
+    except (ConfigError, KeyError, OSError, ValueError):
+        return {}
+    return {"final_level": r["final_level"], "final_level_bits": r["final_level_bits"],
+            "max_length_per_step": r["max_length_per_step"]}  # fmt: skip
 
 
 def paper_figure(task: str, method: str, T: int) -> int | None:  # noqa: N803
@@ -123,18 +137,25 @@ def markdown(results: list[dict], title: str) -> str:
     lines = [f"# {title}", "", "Each row: `synthgrad train` with the probe's flags (its full command is in the JSON).",
              "Solved: items (N; Repeat Copy N·R) / the paper's units (N + 3; N·R + 3); paper: the paper's entry in",
              "its units.", "",
-             "| probe | flags | method | T | solved (items) | paper score | paper | sequences | minutes |",
-             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "Bits wrong at the next level: per sequence, the final weights on 1,024 fresh sequences at the level",
+             "the run ended on (N + 1 items; the threshold is 0.15 per sequence, 0.15·(N + 1) read per step); per",
+             "step: the items solved under the per-step reading (a floor, reports/recurrent/notes.md).", "",
+             "| probe | flags | method | T | solved (items) | paper score | paper | bits wrong at the next level |"
+             " per step (items) | sequences | minutes |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in results:
         flags = " ".join(r["flags"]) or "–"
         paper = paper_figure(r["task"], r["method"], r["T"])
         if "error" in r:
-            lines.append(f"| {r['probe']} | `{flags}` | {r['method']} | {r['T']} | failed: "
-                         f"{r['error'].splitlines()[-1] if r['error'] else '?'} | | {paper or '–'} | | |")  # fmt: skip
+            why = r["error"].splitlines()[-1] if r["error"] else "?"
+            lines.append(f"| {r['probe']} | `{flags}` | {r['method']} | {r['T']} | failed: {why} | | "
+                         f"{paper or '–'} | | | | |")  # fmt: skip
             continue
         score = "–" if r["paper_score"] is None else r["paper_score"]
+        bits = "–" if r.get("final_level_bits") is None else f"{r['final_level_bits']:.2f} at {r['final_level']}"
         lines.append(f"| {r['probe']} | `{flags}` | {r['method']} | {r['T']} | {r['max_length']} | {score} | "
-                     f"{paper or '–'} | {r['samples']:,} | {r['wall_time_s'] / 60:.1f} |")  # fmt: skip
+                     f"{paper or '–'} | {bits} | {r.get('max_length_per_step', '–')} | {r['samples']:,} | "
+                     f"{r['wall_time_s'] / 60:.1f} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
