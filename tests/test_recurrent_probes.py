@@ -387,4 +387,6 @@ def test_the_probe_runner_quick_writes_json_and_table(capfd, tmp_path, monkeypat
     assert "--cell peephole" in row["command"] and "--threads 1" in row["command"]
     assert (row["max_length"], row["paper_score"], row["samples"]) == (0, 0, 64) and row["wall_time_s"] > 0
     table = (tmp_path / "p.md").read_text()
-    assert "| peephole | `--cell peephole` | bptt | 2 | 0 | 0 | 7 | 64 |" in table
+    assert row["final_level"] == 1 and row["final_level_bits"] > 0.15 and row["max_length_per_step"] == 0
+    bits = f"{row['final_level_bits']:.2f} at 1"  # the finer measure: bits wrong at the level the run ended on
+    assert f"| peephole | `--cell peephole` | bptt | 2 | 0 | 0 | 7 | {bits} | 0 | 64 |" in table
