@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import platform
 import shlex
 import statistics
@@ -159,14 +160,79 @@ def measure_microbatch_cost(width: int, batch: int, microbatches=(2, 4, 8), thre
     return tuple((n, statistics.median(times[n]) / whole) for n in sizes if n != batch)
 
 
-def validate(measured: dict, calibrate: str, tmp: Path, microbatch_cost=()) -> dict:
+ACTION_PROBES = ("1f1b", "interleaved-1f1b", "zero-bubble")
+
+
+def measure_action_cost(data_dir: str, width: int = 8, layers: int = 7, batch: int = 256, microbatches=(2, 4, 8),
+                        steps: int = 100, rounds: int = 2) -> dict:  # fmt: skip
+    """The host's cost per action of torch's pipeline runtime ([Note: action cost]): 1F1B, interleaved 1F1B and
+    zero bubble on a `width`-wide FCN (too narrow to compute) at each M, K = 2, one pinned thread per rank,
+    `steps` steps each, `rounds` interleaved rounds (median). Each schedule's step time grows per micro-batch by
+    its actions' host costs; the three slopes give F + B, one send or receive (C), and F + I + W."""
+    import subprocess
+
+    times: dict[tuple[str, int], list[float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for rnd in range(rounds):
+            for schedule in ACTION_PROBES:
+                for m in microbatches:
+                    out = Path(tmp) / f"{schedule}-m{m}-r{rnd}"
+                    cmd = [sys.executable, "-m", "synthgrad.cli", "parallel", "--stages", "2", "--data-dir", data_dir,
+                           "--model", "fcn", "--layers", str(layers), "--width", str(width), "--batch-size",
+                           str(batch), "--train-limit", str(batch * steps), "--epochs", "1", "--schedule", schedule,
+                           "--method", "backprop", "--microbatches", str(m), "--seed", "0", "--threads", "1",
+                           "--pin-cores", "--out", str(out), "--no-progress"]  # fmt: skip
+                    path = str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")
+                    env = {**os.environ, "PYTHONPATH": path}
+                    done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
+                    if done.returncode != 0:
+                        raise SystemExit(f"action-cost run failed ({' '.join(cmd)}):\n{done.stderr[-2000:]}")
+                    summary = json.loads((out / "summary.json").read_text())
+                    step = max(p["compute_s"] for p in summary["per_stage"]) / summary["steps"]
+                    times.setdefault((schedule, m), []).append(step)
+    step_ms = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+    slope, actions = {}, {}
+    for schedule in ACTION_PROBES:
+        xs = list(microbatches)
+        ys = [step_ms[(schedule, m)] for m in xs]
+        mx, my = statistics.fmean(xs), statistics.fmean(ys)
+        slope[schedule] = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum((x - mx) ** 2 for x in xs)
+        actions[schedule] = actions_per_microbatch(schedule)
+    single = max(0.0, slope["1f1b"] / actions["1f1b"])
+    multi = [s for s in ACTION_PROBES if s != "1f1b"]
+    fit = sum(slope[s] * actions[s] for s in multi) / sum(actions[s] ** 2 for s in multi)
+    return {
+        "command": f"synthgrad parallel --stages 2 --model fcn --layers {layers} --width {width} --batch-size {batch} "
+                   f"--train-limit {batch * steps} --epochs 1 --schedule S --method backprop --microbatches M "
+                   f"--threads 1 --pin-cores (S in {', '.join(ACTION_PROBES)}; M in {microbatches}; {rounds} rounds)",
+        "step_ms": {f"{s} M={m}": round(t, 3) for (s, m), t in step_ms.items()},
+        "slope_ms_per_microbatch": {s: round(v, 4) for s, v in slope.items()},
+        "actions_per_microbatch_per_rank": actions,
+        "action_ms": {"single-stage": round(single, 4), "multi-stage": round(max(0.0, fit), 4)},
+        "multi_stage_fit": {s: round(fit * actions[s], 4) for s in multi},
+    }  # fmt: skip
+
+
+def actions_per_microbatch(schedule: str, ranks: int = 2) -> int:
+    """Actions (F, B, I, W, sends, receives) a rank runs per extra micro-batch in torch's order (1F1B, which has no
+    list: a forward, a backward, a send and a receive)."""
+    from synthgrad.parallel.schedule_sim import torch_order
+
+    if schedule == "1f1b":
+        return 4
+    count = [sum(op[0] in ("F", "B", "I", "W") or op[0].startswith(("SEND", "RECV")) for op in torch_order(
+        schedule, ranks, m)[0]) for m in (4, 8)]  # fmt: skip
+    return (count[1] - count[0]) // 4
+
+
+def validate(measured: dict, calibrate: str, tmp: Path, microbatch_cost=(), action_s=()) -> dict:
     runs = {name: group for name, group in measured["runs"]} if isinstance(measured["runs"], list) else (
         measured["runs"])  # fmt: skip
     if calibrate not in runs:
         raise SystemExit(f"no run named {calibrate!r} in the measured file (have: {', '.join(runs)})")
     cal_run = runs[calibrate][0]
     base, info = profile_of(cal_run, tmp)
-    base = dataclasses.replace(base, microbatch_cost=tuple(microbatch_cost))
+    base = dataclasses.replace(base, microbatch_cost=tuple(microbatch_cost), action_s=tuple(action_s))
     cal_cfg = run_config(cal_run["command"])
     rows = []
     for name, group in runs.items():
@@ -224,6 +290,7 @@ def validate(measured: dict, calibrate: str, tmp: Path, microbatch_cost=()) -> d
             "overhead_ms": base.overhead_s * 1e3,
             "cut_bytes_per_example": base.cut_bytes[0],
             "microbatch_cost": [list(pair) for pair in base.microbatch_cost],
+            "action_ms": {kind: t * 1e3 for kind, t in base.action_s},
             "notes": info["notes"],
             "calibration_config": cal_cfg,
         },  # fmt: skip
@@ -336,6 +403,14 @@ def main() -> int:
     ap.add_argument("--microbatch-cost", choices=["measure", "none"], default="measure",
                     help="measure how much slower per row the FCN's layer runs on micro-batches (default), or "
                          "assume linear (none)")  # fmt: skip
+    ap.add_argument("--action-cost", choices=["measure", "none"], default="measure",
+                    help="measure the host's cost per action of torch's pipeline runtime on a tiny model (default; "
+                         "about 3 minutes, needs the data), or leave it out (none)")  # fmt: skip
+    ap.add_argument(
+        "--data-dir",
+        default=os.environ.get("SYNTHGRAD_DATA_DIR", str(REPO.parent / "shared" / "data")),
+        help="MNIST for the action-cost runs (default: $SYNTHGRAD_DATA_DIR or ../shared/data)",
+    )
     args = ap.parse_args()
     measured = json.loads(Path(args.measured).read_text())
     cost = ()
@@ -345,8 +420,17 @@ def main() -> int:
         cost = measure_microbatch_cost(cfg["width"], cfg["batch_size"], threads=cfg["threads"])
         print("micro-batch cost (rows: time per row ÷ whole batch's): "
               + ", ".join(f"{n}: {f:.3f}" for n, f in cost))  # fmt: skip
+    actions, action_s = None, ()
+    if args.action_cost == "measure":
+        actions = measure_action_cost(args.data_dir)
+        action_s = tuple((kind, ms / 1e3) for kind, ms in actions["action_ms"].items())
+        print("host cost per action of torch's pipeline runtime (ms): "
+              + ", ".join(f"{k} {v:.3f}" for k, v in actions["action_ms"].items())
+              + f"  (slopes per micro-batch: {actions['slope_ms_per_microbatch']}, actions per micro-batch: "
+              f"{actions['actions_per_microbatch_per_rank']})")  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
-        validation = validate(measured, args.calibrate, Path(tmp), cost)
+        validation = validate(measured, args.calibrate, Path(tmp), cost, action_s)
+    validation["action_cost_measurement"] = actions
     print(f"VALIDATION against {args.measured} (calibrated on {args.calibrate}; goal within {GOAL:.0%})")
     print(f"{'config':<16}{'role':<24}{'measured':>10}{'predicted':>11}{'error':>8}{'no-ovh':>8}{'own':>8}")
     for r in validation["rows"]:

@@ -276,3 +276,63 @@ def test_microbatch_cost_interpolates_in_log_rows() -> None:
     assert slowed.step_s == pytest.approx(base.step_s * 1.3)  # 64-row micro-batches, all compute × 1.3
     with pytest.raises(ConfigError, match="micro-batch costs"):
         balanced(2, microbatch_cost=((64, 0.0),))
+
+
+# ---------------------------------------------------------------- the host's cost per action ([Note: action cost])
+def test_simulated_host_costs_hold_the_rank_before_each_action() -> None:
+    """The hand-computed order above with 0.1 s per F / B and 0.05 s per send or receive."""
+    from synthgrad.parallel.schedule_sim import simulate
+
+    order = [[("F", 0, 0), ("SEND_F", 0, 0), ("RECV_B", 0, 0), ("B", 0, 0)],
+             [("RECV_F", 1, 0), ("F", 1, 0), ("B", 1, 0), ("SEND_B", 1, 0)]]  # fmt: skip
+    host = {"F": 0.1, "B": 0.1, "SEND": 0.05, "RECV": 0.05}.__getitem__
+    step, busy = simulate(order, lambda kind, stage: {"F": 1.0, "B": 2.0}[kind], lambda cut: 0.5, lambda s: s, 0.25,
+                          host)  # fmt: skip
+    # rank 0: F 0..1.1, send 1.1..1.15, arrives 1.15 + 0.5 + 0.25 = 1.9; rank 1: recv 0..0.05, F 1.9..3.0,
+    # B ..5.1, send ..5.15, arrives 5.9; rank 0: recv 1.15..1.2, B 5.9..8.0
+    assert step == pytest.approx(8.0)
+    assert busy == [pytest.approx(3.3), pytest.approx(3.3)]
+
+
+def test_closed_form_host_cost_adds_to_each_rank_per_microbatch() -> None:
+    """1F1B on two balanced ranks: each rank's micro-batch gains 4 actions (F, B, a send, a receive) of the
+    single-stage runtime, so the step gains (M + 1) times that (M steady-state micro-batches plus the fill)."""
+    K, M, h = 2, 4, 1e-3
+    bare = predict("1f1b", balanced(K), K, microbatches=M)
+    hosted = predict("1f1b", balanced(K, action_s=(("single-stage", h), ("multi-stage", 9.0))), K, microbatches=M)
+    assert hosted.step_s - bare.step_s == pytest.approx((M + 1) * 4 * h)
+
+
+@pytest.mark.parametrize(("schedule", "per_microbatch"), [("interleaved-1f1b", 10), ("zero-bubble", 12)])
+def test_simulated_host_cost_counts_every_action_of_torch_order(schedule, per_microbatch) -> None:
+    """Layers that cost nothing: the busiest rank is busy for the host's cost of its actions, 1 ms each (K = 2:
+    interleaved 1F1B has 2 F, 2 B and 6 sends or receives per micro-batch on a rank; zero bubble 2 F, 2 I, 2 W)."""
+    K, M = 2, 4
+    costs = (("single-stage", 9.0), ("multi-stage", 1e-3))
+    p = predict(schedule, Profile((0.0,) * 8, (0.0,) * 7, N, action_s=costs), K, microbatches=M)
+    assert "simulated" in p.note
+    assert p.step_s >= per_microbatch * M * 1e-3 - 1e-12
+    assert max(p.rank_s) == pytest.approx(per_microbatch * M * 1e-3)
+
+
+def test_closed_form_and_simulation_count_the_same_actions() -> None:
+    """Beyond the simulation's limit the closed form adds the same host cost per micro-batch as torch's order."""
+    K, M = 2, 8
+    prof = Profile((0.0,) * 8, (0.0,) * 7, N, action_s=(("multi-stage", 1e-3),))
+    for schedule in ("interleaved-1f1b", "zero-bubble"):
+        simulated = predict(schedule, prof, K, microbatches=M)
+        closed = predict(schedule, prof, K, microbatches=M, simulate_order=False)
+        assert max(closed.rank_s) == pytest.approx(max(simulated.rank_s))
+
+
+def test_the_host_cost_is_absent_from_synthgrads_own_runtime() -> None:
+    costs = (("single-stage", 1e-3), ("multi-stage", 1e-3))
+    for schedule in ("stale", "decoupled", "model-parallel"):
+        assert predict(schedule, balanced(2, action_s=costs), 2).step_s == predict(schedule, balanced(2), 2).step_s
+
+
+def test_an_unknown_action_runtime_is_refused() -> None:
+    with pytest.raises(ConfigError, match="action costs"):
+        balanced(2, action_s=(("F", 1e-3),))
+    with pytest.raises(ConfigError, match="action costs"):
+        balanced(2, action_s=(("multi-stage", -1.0),))

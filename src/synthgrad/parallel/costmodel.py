@@ -69,6 +69,29 @@ supports, for K stages, from measured per-stage compute, message sizes and a lin
 
     Output: samples/s = N / (T + overhead_s); bubble fraction = 1 − Σ_r busy_r / (K·T), the share of the ranks'
     time spent idle (fill and drain, imbalance, waiting on links), (K − 1)/(M + K − 1) for balanced GPipe.
+
+[Note: action cost]
+    torch's pipeline runtime spends host time on every action it runs, whatever the layer's size: a forward or
+    backward of a chunk goes through the stage's Python (argument checks, detaching, autograd.grad over the
+    chunk's outputs), and every send and receive through a gloo request. With small layers or many micro-batches
+    this is a large share of the step: on the 7 × 1024 FCN, zero bubble at M = 4 runs 48 actions per rank a step.
+    `Profile.action_s` holds the cost of one action (a chunk's F, B, I or W, one send, one receive) for each of
+    torch's two runtimes: `single-stage` (GPipe and 1F1B, `PipelineScheduleSingle`, which batches a micro-batch's
+    sends and receives) and `multi-stage` (the schedules with an action list, `_PipelineScheduleRuntime`). The
+    simulation holds the rank for it before each action; the closed forms add each rank's actions per
+    micro-batch times the cost to τ_r (`_host_per_microbatch`). synthgrad's own runtime (model-parallel, stale,
+    decoupled) has its host cost in its measured stage times and overhead, so none is added there.
+
+    The costs are a property of the runtime on a machine, measured apart from any run they help predict:
+    benchmarks/cost_model.py times 1F1B, interleaved 1F1B and zero bubble on a model too narrow to compute
+    (width 8) at M = 2, 4, 8, K = 2, and takes each schedule's step time per extra micro-batch (least squares).
+    A rank runs 4 actions per micro-batch under 1F1B (F, B, a send, a receive), 10 under interleaved 1F1B and 12
+    under zero bubble (torch's lists): single-stage = 1F1B's slope / 4; multi-stage = the least-squares cost per
+    action of the other two slopes. Why one cost per runtime and not per kind of action: the three slopes do not
+    fit costs per kind (solving them gives F + B < 0), while one cost per runtime fits both multi-stage
+    schedules within the measurement's noise (2026-12-05: slopes 5.0 and 5.0 ms per micro-batch for 10 and 12
+    actions; 1F1B 0.9–1.4 ms for 4). The tiny model still dispatches its layers' kernels, which the calibrated
+    layer times hold too: a few µs per layer and action, left in.
 """
 
 from __future__ import annotations
@@ -87,13 +110,15 @@ from synthgrad.parallel.partition import split_layers
 from synthgrad.parallel.schedule_sim import MAX_ACTIONS, simulate, torch_order
 from synthgrad.parallel.staleness import MARGIN, derive_staleness
 from synthgrad.parallel.torch_pipelines import SCHEDULES as TORCH_SCHEDULES
-from synthgrad.parallel.torch_pipelines import default_microbatches, placement, stages_per_rank
+from synthgrad.parallel.torch_pipelines import SINGLE_STAGE, default_microbatches, placement, stages_per_rank
 
 FLUSHED = ("model-parallel", "gpipe", "1f1b", "interleaved-1f1b", "looped-bfs", "zero-bubble", "zbv", "dualpipev")
 ASYNC = ("stale", "decoupled")
 SCHEDULES = ("single", *FLUSHED, *ASYNC)
 INPUT_FEATURES = {"mnist": 784, "cifar10": 3072}
 NO_LINK = LinkSpec()  # no delay, unlimited bandwidth
+ACTION_RUNTIMES = ("single-stage", "multi-stage")
+SPLIT_BACKWARD = ("zero-bubble", "zbv", "dualpipev")  # their backward is I then W
 
 
 @dataclass(frozen=True)
@@ -111,6 +136,10 @@ class Profile:
     # measured (rows, time per row ÷ time per row at the whole batch) pairs: how much less efficient a layer is
     # on a micro-batch of that many rows; empty: linear in the rows (the default assumption)
     microbatch_cost: tuple[tuple[int, float], ...] = ()
+    # measured (runtime, seconds) pairs: the host's cost of one action (a chunk's F, B, I or W, a send, a receive)
+    # of torch's pipeline runtime, whatever the layer's size ([Note: action cost]); runtimes single-stage (GPipe,
+    # 1F1B) and multi-stage (the rest); empty: free
+    action_s: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
         if not self.layer_s:
@@ -127,6 +156,9 @@ class Profile:
             raise ConfigError(f"the batch size must be >= 1, got {self.batch_size}")
         if any(not (rows >= 1 and math.isfinite(f) and f > 0) for rows, f in self.microbatch_cost):
             raise ConfigError(f"micro-batch costs must be (rows >= 1, factor > 0) pairs, got {self.microbatch_cost}")
+        if any(kind not in ACTION_RUNTIMES or not (math.isfinite(t) and t >= 0) for kind, t in self.action_s):
+            raise ConfigError(f"action costs must be (runtime in {'/'.join(ACTION_RUNTIMES)}, seconds >= 0) pairs, "
+                              f"got {self.action_s}")  # fmt: skip
         for what, v in (("forward fraction", self.forward_fraction), ("weight fraction", self.weight_fraction)):
             if not 0 <= v <= 1:
                 raise ConfigError(f"the {what} must be in 0..1, got {v}")
@@ -134,6 +166,13 @@ class Profile:
     @property
     def layers(self) -> int:
         return len(self.layer_s)
+
+    def host_s(self, schedule: str) -> float:
+        """The host's cost of one action of torch's runtime for `schedule` ([Note: action cost]); 0 for
+        synthgrad's own schedules."""
+        if schedule not in TORCH_SCHEDULES:
+            return 0.0
+        return dict(self.action_s).get("single-stage" if schedule in SINGLE_STAGE else "multi-stage", 0.0)
 
     @classmethod
     def uniform(cls, stage_s: Sequence[float], bytes_per_example: float, batch_size: int, **kw: Any) -> Profile:
@@ -226,6 +265,8 @@ def predict(
     slow = profile.row_factor(N / M)  # small micro-batches run less efficiently (measured, where given)
     tau = [sum(profile.layer_s[i] * slow / M + profile.fixed_s for j, c in enumerate(chunks) if owner[j] == r
                for i in c) for r in range(K)]  # fmt: skip
+    if schedule in TORCH_SCHEDULES and profile.action_s:  # the closed forms: each rank's host cost per micro-batch
+        tau = [t + _host_per_microbatch(schedule, profile, owner, r, K * v) for r, t in enumerate(tau)]
     cross = [chunks[j][-1] for j in range(K * v - 1) if owner[j] != owner[j + 1]]
     message = max((profile.cut_bytes[i] * N / M for i in cross), default=0.0)
     c = (link.delay_s + link.transfer_s(message)) if cross else 0.0
@@ -247,8 +288,9 @@ def predict(
         def transfer_s(cut: int) -> float:
             return link.transfer_s(profile.cut_bytes[chunks[cut][-1]] * N / M)
 
-        step, busy = simulate(order, compute_s, transfer_s, owner.__getitem__, link.delay_s)
-        free, _ = simulate(order, compute_s, lambda cut: 0.0, owner.__getitem__)
+        host = profile.host_s(schedule)
+        step, busy = simulate(order, compute_s, transfer_s, owner.__getitem__, link.delay_s, lambda kind: host)
+        free, _ = simulate(order, compute_s, lambda cut: 0.0, owner.__getitem__, host_s=lambda kind: host)
         return _prediction(schedule, K, M, v, step, busy, step - free, profile,
                            note="torch's action order, simulated")  # fmt: skip
 
@@ -274,6 +316,17 @@ def predict(
     else:
         note = f"S={S} hides the {2 * (link.delay_s + x) * 1e3:.3g} ms round trip"
     return _prediction(schedule, K, 1, 1, period, busy, period - T, profile, S, needed, note)
+
+
+def _host_per_microbatch(schedule: str, profile: Profile, owner: dict[int, int], rank: int, chunks: int) -> float:
+    """Rank's host cost for one micro-batch ([Note: action cost]): one action for each of its chunks' forward and
+    backward (two, I and W, for the split-backward schedules), and a send and a receive at every cut to another
+    rank (one each way)."""
+    actions = 0
+    for j in (j for j in range(chunks) if owner[j] == rank):
+        actions += 3 if schedule in SPLIT_BACKWARD else 2
+        actions += 2 * ((j > 0 and owner[j - 1] != rank) + (j < chunks - 1 and owner[j + 1] != rank))
+    return actions * profile.host_s(schedule)
 
 
 def _prediction(schedule, K, M, v, step, busy, comm, profile, S=None, needed=None, note="") -> Prediction:

@@ -20,9 +20,13 @@
                      message waits until it has arrived
         anything else (UNSHARD, RESHARD, REDUCE_GRAD)  free
 
-    The step is the last rank's finish; each rank's busy time is its compute. Link time on the critical path is
-    the step minus the same simulation with free links. The simulation is exact for the order and the stated
-    costs; what it leaves out is the same as the closed form's: per-action dispatch, and sends that block.
+    Each F, I, W, B, send and receive also holds its rank for a host cost (`host_s(kind)`, zero unless the
+    profile has measured ones: torch's runtime spends Python and gloo time on every action, whatever the layer's
+    size; [Note: action cost] in costmodel.py), before it runs.
+
+    The step is the last rank's finish; each rank's busy time is its compute and host costs. Link time on the
+    critical path is the step minus the same simulation with free links. The simulation is exact for the order
+    and the stated costs; what it leaves out: sends that block, and any host cost that depends on the message.
     Lists grow as K·M (the largest here, K = 64 and M = 128, take ~2 s to build); beyond `MAX_ACTIONS` compute
     actions the cost model falls back on the closed form and says so.
 """
@@ -85,12 +89,14 @@ def _ops(actions) -> list[Op]:
 
 def simulate(
     order: Sequence[Sequence[Op]], compute_s: Callable[[str, int], float], transfer_s: Callable[[int], float],
-    owner: Callable[[int], int], delay_s: float = 0.0,
+    owner: Callable[[int], int], delay_s: float = 0.0, host_s: Callable[[str], float] | None = None,
 ) -> tuple[float, list[float]]:  # fmt: skip
     """Play `order` ([Note: simulated schedules]): (the step's seconds, each rank's busy seconds).
 
     compute_s(kind, stage): one micro-batch's F / I / W / B on that virtual stage; transfer_s(stage): the bytes
-    crossing the cut after `stage` over the bandwidth (the same both ways); owner(stage): its rank."""
+    crossing the cut after `stage` over the bandwidth (the same both ways); owner(stage): its rank; host_s(kind):
+    the host's cost of one action of that kind (F, I, W, B, SEND, RECV; none if not given)."""
+    host = host_s or (lambda kind: 0.0)
     ranks = len(order)
     clock, busy, pos = [0.0] * ranks, [0.0] * ranks, [0] * ranks
     arrival: dict[tuple[str, int, int], float] = {}
@@ -109,17 +115,21 @@ def simulate(
                         if needs not in arrival:
                             break  # the sender has not got there yet
                         clock[r] = max(clock[r], arrival[needs])
-                    t = compute_s(kind, stage)
+                    t = compute_s(kind, stage) + host(kind)
                     clock[r] += t
                     busy[r] += t
                 elif kind in ("SEND_F", "SEND_B"):
                     to = stage + 1 if kind == "SEND_F" else stage - 1
                     cut = stage if kind == "SEND_F" else stage - 1
                     link = (r, owner(to))
+                    clock[r] += host("SEND")
+                    busy[r] += host("SEND")
                     start = max(clock[r], link_free.get(link, 0.0))
                     link_free[link] = start + transfer_s(cut)
                     arrival[(kind[-1], to, mb)] = link_free[link] + delay_s
                 elif kind in ("RECV_F", "RECV_B"):  # posted, not waited on: the computation that needs it waits
+                    clock[r] += host("RECV")
+                    busy[r] += host("RECV")
                     posted[r].add((kind[-1], stage, mb))
                 pos[r] += 1
                 moved = True
