@@ -47,6 +47,7 @@ import os
 import platform
 import shlex
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -59,14 +60,12 @@ from synthgrad.parallel.costmodel import (  # noqa: E402
     FLUSHED,
     SCHEDULES,
     Profile,
-    fcn_layer_flops,
-    gpt_layer_flops,
     plan,
     predict,
-    profile_from_run,
 )
 from synthgrad.parallel.link import LinkSpec  # noqa: E402
 from synthgrad.parallel.partition import split_layers  # noqa: E402
+from synthgrad.parallel.profiles import fcn_layer_flops, gpt_layer_flops, profile_from_run  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 GOAL = 0.15  # the issue's: within 15 % of every measured configuration
@@ -168,9 +167,8 @@ def measure_action_cost(data_dir: str, width: int = 8, layers: int = 7, batch: i
     """The host's cost per action of torch's pipeline runtime ([Note: action cost]): 1F1B, interleaved 1F1B and
     zero bubble on a `width`-wide FCN (too narrow to compute) at each M, K = 2, one pinned thread per rank,
     `steps` steps each, `rounds` interleaved rounds (median). Each schedule's step time grows per micro-batch by
-    its actions' host costs; the three slopes give F + B, one send or receive (C), and F + I + W."""
-    import subprocess
-
+    its actions' host costs: 1F1B's slope gives the single-stage runtime's cost per action, the other two slopes
+    (least squares over their actions) the multi-stage runtime's."""
     times: dict[tuple[str, int], list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for rnd in range(rounds):

@@ -9,8 +9,9 @@ import pytest
 
 from synthgrad.cli import main
 from synthgrad.errors import ConfigError
-from synthgrad.parallel.costmodel import Profile, fcn_layer_flops, plan, predict, profile_from_run
+from synthgrad.parallel.costmodel import Profile, plan, predict
 from synthgrad.parallel.link import LinkSpec
+from synthgrad.parallel.profiles import fcn_layer_flops, profile_from_run
 from synthgrad.parallel.staleness import derive_staleness
 
 N = 256

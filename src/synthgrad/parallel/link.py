@@ -251,3 +251,7 @@ def hook_torch_pipelining(links: EmulatedLinks) -> Callable[[], None]:
         schedules._batch_p2p = original
 
     return unhook
+
+
+def link_label(link: LinkSpec) -> str:
+    return f"{link.delay_s * 1e3:g} ms one way, {format_bandwidth(link.bandwidth_bps)}"

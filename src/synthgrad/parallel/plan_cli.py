@@ -106,8 +106,8 @@ def _check_options(args: argparse.Namespace) -> tuple[list[str], int | str | Non
 def run_plan(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from synthgrad.parallel import costmodel
-    from synthgrad.parallel.link import LinkSpec
+    from synthgrad.parallel import costmodel, profiles
+    from synthgrad.parallel.link import LinkSpec, link_label
 
     schedules, staleness, bandwidth = _check_options(args)
     knobs = {"forward_fraction": args.forward_fraction, "weight_fraction": args.weight_fraction}
@@ -117,7 +117,7 @@ def run_plan(args: argparse.Namespace) -> int:
         knobs["overhead_s"] = args.overhead_ms / 1e3
     notes: list[str] = []
     if args.run:
-        base, info = costmodel.profile_from_run(args.run)
+        base, info = profiles.profile_from_run(args.run)
         if args.message_kb is not None:
             base = dataclasses.replace(base, cut_bytes=(args.message_kb * 1e3,) * (base.layers - 1))
         base = dataclasses.replace(base, **knobs)
@@ -157,13 +157,13 @@ def run_plan(args: argparse.Namespace) -> int:
         delay = args.link_delay_ms / 1e3 if args.link_delay_ms is not None else link.delay_s
         link = LinkSpec(delay, bandwidth if args.link_bandwidth is not None else link.bandwidth_bps)
     rows = costmodel.plan(profile_for, stages, schedules, microbatches=microbatches, link=link, staleness=staleness)
-    _print(rows, source, costmodel.link_label(link), notes)
+    _print(rows, source, link_label(link), notes)
     if args.json:
         _write(args.json, lambda p: p.write_text(json.dumps({
-            "source": source, "link": costmodel.link_label(link), "notes": notes,
+            "source": source, "link": link_label(link), "notes": notes,
             "profile": profile_for(stages[0]).as_dict(), "rows": rows}, indent=2) + "\n"))  # fmt: skip
     if args.plot:
-        _write(args.plot, lambda p: plot_rows(rows, p, f"cost model: {source}\nlink {costmodel.link_label(link)}"))
+        _write(args.plot, lambda p: plot_rows(rows, p, f"cost model: {source}\nlink {link_label(link)}"))
     return 0
 
 
