@@ -45,6 +45,7 @@ import dataclasses
 import json
 import os
 import platform
+import re
 import shlex
 import statistics
 import subprocess
@@ -63,11 +64,12 @@ from synthgrad.parallel.costmodel import (  # noqa: E402
     plan,
     predict,
 )
-from synthgrad.parallel.link import LinkSpec  # noqa: E402
+from synthgrad.parallel.link import LinkSpec, link_label, parse_bandwidth  # noqa: E402
 from synthgrad.parallel.partition import split_layers  # noqa: E402
 from synthgrad.parallel.profiles import fcn_layer_flops, gpt_layer_flops, profile_from_run  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
+SLOW_LINK_FILES = ("slow_links.json", "slow_links_1gbit.json")  # benchmarks/slow_links.py's, 2 namespaces
 GOAL = 0.15  # the issue's: within 15 % of every measured configuration
 
 # The projection's assumptions (stated in the module's docstring and written into the JSON).
@@ -92,6 +94,7 @@ def flag(words: list[str], name: str, default=None):
 def run_config(command: str) -> dict:
     """What `synthgrad parallel`'s command line says about a run (the parts the model needs)."""
     w = shlex.split(command)
+    tbf = re.search(r"\(namespaces, tbf (\S+?)\)", command)
     method = flag(w, "--method", "backprop")
     schedule = flag(w, "--schedule", "decoupled" if method != "backprop" else "model-parallel")
     micro = flag(w, "--microbatches")
@@ -106,9 +109,10 @@ def run_config(command: str) -> dict:
         "stages": int(flag(w, "--stages", 2)),
         "threads": int(flag(w, "--threads", 1)),
         "microbatches": int(micro) if micro else None,
-        "max_staleness": int(flag(w, "--max-staleness", 2)),
+        "max_staleness": flag(w, "--max-staleness", "2"),  # a number, or auto (the run's summary has its value)
         "link_delay_ms": float(flag(w, "--link-delay-ms", 0.0)),
-        "link_bandwidth": flag(w, "--link-bandwidth"),
+        # emulated (--link-bandwidth) or, in benchmarks/slow_links.py's namespaced runs, tc tbf's
+        "link_bandwidth": flag(w, "--link-bandwidth") or (tbf.group(1) if tbf else None),
         "synthesizer_rank": max(16, int(flag(w, "--width", 1024)) // 16),  # config.resolve's default (low rank)
         "fold_every": 3 if method == "dni" else 0,  # config.resolve's default for DNI
     }
@@ -223,9 +227,30 @@ def actions_per_microbatch(schedule: str, ranks: int = 2) -> int:
     return (count[1] - count[0]) // 4
 
 
-def validate(measured: dict, calibrate: str, tmp: Path, microbatch_cost=(), action_s=()) -> dict:
-    runs = {name: group for name, group in measured["runs"]} if isinstance(measured["runs"], list) else (
-        measured["runs"])  # fmt: skip
+def grouped_runs(measured: dict) -> dict[str, list[dict]]:
+    """A measured file's runs by configuration: time_to_accuracy.json's {name: [seeds]} (or [name, seeds] pairs),
+    or slow_links.json's list of runs, named method, delay and bandwidth."""
+    runs = measured["runs"]
+    if isinstance(runs, dict):
+        return runs
+    if runs and isinstance(runs[0], dict):
+        return {f"{r['method']} {r['delay_ms']:g}ms {r['bandwidth']}": [r] for r in runs}
+    return {name: group for name, group in runs}
+
+
+def slow_link_calibration(measured: dict) -> str:
+    """A slow-links file's calibration run: its stale pipeline at the least delay (and, among those, the first
+    bandwidth it ran) — the same session's machine, exact backprop stages on whole batches."""
+    stale = [r for r in measured["runs"] if r["method"] == "stale" and (r.get("summary") or {}).get("samples_per_s")]
+    if not stale:
+        raise SystemExit("a slow-links file without a stale run cannot calibrate the model")
+    r = min(stale, key=lambda r: r["delay_ms"])
+    return f"{r['method']} {r['delay_ms']:g}ms {r['bandwidth']}"
+
+
+def validate(measured: dict, calibrate: str, tmp: Path, microbatch_cost=(), action_s=(),
+             measured_file: str = "benchmarks/results/time_to_accuracy.json") -> dict:  # fmt: skip
+    runs = grouped_runs(measured)
     if calibrate not in runs:
         raise SystemExit(f"no run named {calibrate!r} in the measured file (have: {', '.join(runs)})")
     cal_run = runs[calibrate][0]
@@ -238,6 +263,8 @@ def validate(measured: dict, calibrate: str, tmp: Path, microbatch_cost=(), acti
         if not group:
             continue
         cfg = run_config(group[0]["command"])
+        if cfg["max_staleness"] == "auto":  # the run derived it ([Note: auto staleness]): its summary says what
+            cfg["max_staleness"] = group[0]["summary"]["max_staleness"]
         sched, K = cfg["schedule"], cfg["stages"]
         measured_sps = statistics.median(r["summary"]["samples_per_s"] for r in group)
         prof, how = base, f"calibrated on {calibrate}"
@@ -248,8 +275,8 @@ def validate(measured: dict, calibrate: str, tmp: Path, microbatch_cost=(), acti
             synth = synthesizer_cost(cfg, base, split_layers(cfg["layers"], K)[0])
             prof = dataclasses.replace(base, synth_s=synth)
             how += f"; + synthesizer{' and folding' if cfg['fold_every'] else ''} {synth * 1e3:.2f} ms/step (FLOPs)"
-        kw = {"microbatches": cfg["microbatches"], "staleness": cfg["max_staleness"],
-              "link": LinkSpec(cfg["link_delay_ms"] / 1e3)}  # fmt: skip
+        link = LinkSpec(cfg["link_delay_ms"] / 1e3, parse_bandwidth(cfg["link_bandwidth"]))
+        kw = {"microbatches": cfg["microbatches"], "staleness": int(cfg["max_staleness"]), "link": link}
         p = predict(sched, prof, K, **kw)
         bare = predict(sched, dataclasses.replace(prof, overhead_s=0.0), K, **kw)
         row = {
@@ -258,6 +285,7 @@ def validate(measured: dict, calibrate: str, tmp: Path, microbatch_cost=(), acti
             "method": cfg["method"],
             "stages": K,
             "microbatches": p.microbatches,
+            "link": link_label(link),
             "threads": cfg["threads"],
             "seeds": len(group),
             "measured_samples_per_s": measured_sps,
@@ -266,6 +294,7 @@ def validate(measured: dict, calibrate: str, tmp: Path, microbatch_cost=(), acti
             "predicted_without_overhead": bare.samples_per_s,
             "relative_error_without_overhead": bare.samples_per_s / measured_sps - 1,
             "predicted_bubble": p.bubble,
+            "note": p.note,
             "role": "calibration (in-sample)" if name == calibrate else "validation",
             "how": how,
         }
@@ -280,7 +309,7 @@ def validate(measured: dict, calibrate: str, tmp: Path, microbatch_cost=(), acti
         rows.append(row)
     within = [r for r in rows if r["role"] == "validation"]
     return {
-        "measured_file": "benchmarks/results/time_to_accuracy.json",
+        "measured_file": measured_file,
         "calibration_run": calibrate,
         "calibration_command": cal_run["command"],
         "profile": {
@@ -409,6 +438,9 @@ def main() -> int:
         default=os.environ.get("SYNTHGRAD_DATA_DIR", str(REPO.parent / "shared" / "data")),
         help="MNIST for the action-cost runs (default: $SYNTHGRAD_DATA_DIR or ../shared/data)",
     )
+    ap.add_argument("--slow-links", default=",".join(str(RESULTS / f) for f in SLOW_LINK_FILES),
+                    help="comma-separated benchmarks/slow_links.py results to validate against as well, each "
+                         "calibrated on its own stale run at its least delay; 'none' to skip")  # fmt: skip
     args = ap.parse_args()
     measured = json.loads(Path(args.measured).read_text())
     cost = ()
@@ -429,6 +461,18 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         validation = validate(measured, args.calibrate, Path(tmp), cost, action_s)
     validation["action_cost_measurement"] = actions
+    slow = []
+    for name in [] if args.slow_links == "none" else args.slow_links.split(","):
+        if not Path(name).exists():
+            print(f"(no {name}: its slow-link runs are not validated)")
+            continue
+        file = json.loads(Path(name).read_text())
+        with tempfile.TemporaryDirectory() as tmp:
+            slow.append(validate(file, slow_link_calibration(file), Path(tmp), cost, action_s, measured_file=name))
+    validation["slow_links"] = slow
+    everything = [r for v in [validation, *slow] for r in v["rows"] if r["role"] == "validation"]
+    validation["all_within_goal_with_slow_links"] = all(abs(r["relative_error"]) <= GOAL for r in everything)
+    validation["max_abs_error_with_slow_links"] = max((abs(r["relative_error"]) for r in everything), default=None)
     print(f"VALIDATION against {args.measured} (calibrated on {args.calibrate}; goal within {GOAL:.0%})")
     print(f"{'config':<16}{'role':<24}{'measured':>10}{'predicted':>11}{'error':>8}{'no-ovh':>8}{'own':>8}")
     for r in validation["rows"]:
@@ -438,6 +482,16 @@ def main() -> int:
               f"{r['relative_error_without_overhead']:>+8.1%}{'' if own is None else f'{own:+.1%}':>8}")  # fmt: skip
     print(f"all validation rows within {GOAL:.0%}: {validation['all_within_goal']} "
           f"(max |error| {validation['max_abs_error_validation']:.1%})")  # fmt: skip
+    for v in slow:
+        print(f"\nVALIDATION against {v['measured_file']} (calibrated on its {v['calibration_run']!r})")
+        print(f"{'config':<28}{'role':<24}{'measured':>10}{'predicted':>11}{'error':>8}  note")
+        for r in v["rows"]:
+            print(f"{r['config']:<28}{r['role']:<24}{r['measured_samples_per_s']:>10.0f}"
+                  f"{r['predicted_samples_per_s']:>11.0f}{r['relative_error']:>+8.1%}  {r['note']}")  # fmt: skip
+    if slow:
+        print(f"every validation row, slow links too, within {GOAL:.0%}: "
+              f"{validation['all_within_goal_with_slow_links']} "
+              f"(max |error| {validation['max_abs_error_with_slow_links']:.1%})")  # fmt: skip
     projection = project()
     for model, m in projection["models"].items():
         for link, rows in m["links"].items():

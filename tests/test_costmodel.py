@@ -21,10 +21,12 @@ def balanced(K: int, stage_s: float = 0.04, **kw) -> Profile:
     return Profile.uniform([stage_s] * K, 4096.0, N, **kw)
 
 
+@pytest.mark.parametrize("simulate_order", [False, True], ids=["closed-form", "torch-order"])
 @pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
 @pytest.mark.parametrize(("K", "M"), [(2, 2), (4, 8), (8, 32)])
-def test_gpipe_and_1f1b_bubble_is_k_minus_1_over_m_plus_k_minus_1(schedule, K, M) -> None:
-    p = predict(schedule, balanced(K), K, microbatches=M)
+def test_gpipe_and_1f1b_bubble_is_k_minus_1_over_m_plus_k_minus_1(schedule, K, M, simulate_order) -> None:
+    p = predict(schedule, balanced(K), K, microbatches=M, simulate_order=simulate_order)
+    assert ("simulated" in p.note) == simulate_order
     assert p.bubble == pytest.approx((K - 1) / (M + K - 1))
     assert p.step_s == pytest.approx((M + K - 1) * 0.04 / M)
     assert p.samples_per_s == pytest.approx(N / p.step_s)
@@ -100,11 +102,61 @@ def test_bandwidth_bounds_the_asynchronous_pipelines() -> None:
     assert "bandwidth-bound" in p.note
 
 
-def test_flushed_schedules_pay_every_round_trip() -> None:
+def test_the_closed_form_pays_every_round_trip() -> None:
     K, M, d = 4, 8, 0.001
-    p = predict("1f1b", balanced(K), K, microbatches=M, link=LinkSpec(delay_s=d))
+    p = predict("1f1b", balanced(K), K, microbatches=M, link=LinkSpec(delay_s=d), simulate_order=False)
     assert p.step_s == pytest.approx((M + K - 1) * 0.04 / M + 2 * (M - 1) * d + 2 * (K - 1) * d)
     assert p.comm_s == pytest.approx(2 * (M - 1) * d + 2 * (K - 1) * d)
+
+
+def test_simulated_1f1b_overlaps_round_trips_with_the_warmup() -> None:
+    """K = 2, M = 2, F = a, B = 2a per micro-batch, one-way delay d (torch's 1F1B: rank 0 runs K − 0 = 2
+    forwards first). Rank 0: F0 0..a, F1 ..2a; rank 1: F0 a+d..2a+d, B0 ..4a+d, F1 ..5a+d, B1 ..7a+d; rank 0: B0
+    at 4a+2d..6a+2d, B1 at 7a+2d..9a+2d. One round trip on the critical path, not the closed form's two."""
+    K, M, d = 2, 2, 0.01
+    a = 0.04 / M / 3
+    p = predict("1f1b", balanced(K), K, microbatches=M, link=LinkSpec(delay_s=d))
+    assert p.step_s == pytest.approx(9 * a + 2 * d)
+    assert p.comm_s == pytest.approx(2 * d)
+    closed = predict("1f1b", balanced(K), K, microbatches=M, link=LinkSpec(delay_s=d), simulate_order=False)
+    assert closed.step_s == pytest.approx(9 * a + 4 * d)
+
+
+@pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
+def test_simulated_flushed_schedules_pay_at_least_one_round_trip_across_every_cut(schedule) -> None:
+    K, M, d = 4, 8, 0.005
+    free = predict(schedule, balanced(K), K, microbatches=M)
+    slow = predict(schedule, balanced(K), K, microbatches=M, link=LinkSpec(delay_s=d))
+    closed = predict(schedule, balanced(K), K, microbatches=M, link=LinkSpec(delay_s=d), simulate_order=False)
+    assert free.step_s + 2 * (K - 1) * d - 1e-12 <= slow.step_s <= closed.step_s + 1e-12
+
+
+@pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
+@pytest.mark.parametrize(("K", "M"), [(2, 2), (3, 5), (4, 8)])
+def test_single_stage_order_runs_every_computation_once_with_matching_messages(schedule, K, M) -> None:
+    from synthgrad.parallel.schedule_sim import single_stage_order
+
+    order = single_stage_order(schedule, K, M)
+    assert order is not None and len(order) == K
+    for r, ops in enumerate(order):
+        for kind in ("F", "B"):
+            assert sorted(m for k, s, m in ops if k == kind) == list(range(M)) and {s for _, s, _ in ops} == {r}
+        assert sum(k == "SEND_F" for k, _, _ in ops) == (M if r < K - 1 else 0)
+        assert sum(k == "RECV_F" for k, _, _ in ops) == (M if r > 0 else 0)
+        assert sum(k == "SEND_B" for k, _, _ in ops) == (M if r > 0 else 0)
+        assert sum(k == "RECV_B" for k, _, _ in ops) == (M if r < K - 1 else 0)
+    if schedule == "1f1b":  # torch 2.13 runs K − r forwards before rank r's first backward
+        for r, ops in enumerate(order):
+            computed = [k for k, _, _ in ops if k in ("F", "B")]
+            assert computed.index("B") == min(M, K - r)
+
+
+def test_single_stage_order_is_none_where_torch_refuses_or_has_a_list() -> None:
+    from synthgrad.parallel.schedule_sim import single_stage_order
+
+    assert single_stage_order("1f1b", 4, 2) is None  # torch: at least as many micro-batches as stages
+    assert single_stage_order("interleaved-1f1b", 2, 4) is None
+    assert single_stage_order("gpipe", 4, 2) is not None
 
 
 def test_impossible_configurations_are_reported() -> None:
@@ -299,9 +351,21 @@ def test_closed_form_host_cost_adds_to_each_rank_per_microbatch() -> None:
     """1F1B on two balanced ranks: each rank's micro-batch gains 4 actions (F, B, a send, a receive) of the
     single-stage runtime, so the step gains (M + 1) times that (M steady-state micro-batches plus the fill)."""
     K, M, h = 2, 4, 1e-3
-    bare = predict("1f1b", balanced(K), K, microbatches=M)
-    hosted = predict("1f1b", balanced(K, action_s=(("single-stage", h), ("multi-stage", 9.0))), K, microbatches=M)
+    closed = {"simulate_order": False}
+    bare = predict("1f1b", balanced(K), K, microbatches=M, **closed)
+    hosted = predict("1f1b", balanced(K, action_s=(("single-stage", h), ("multi-stage", 9.0))), K, microbatches=M,
+                     **closed)  # fmt: skip
     assert hosted.step_s - bare.step_s == pytest.approx((M + 1) * 4 * h)
+
+
+@pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
+def test_simulated_single_stage_host_cost_is_four_actions_per_microbatch(schedule) -> None:
+    """Layers that cost nothing: each of the two ranks runs an F, a B, a send and a receive per micro-batch."""
+    K, M = 2, 4
+    costs = (("single-stage", 1e-3), ("multi-stage", 9.0))
+    p = predict(schedule, Profile((0.0,) * 4, (0.0,) * 3, N, action_s=costs), K, microbatches=M)
+    assert "simulated" in p.note
+    assert p.rank_s == (pytest.approx(4 * M * 1e-3), pytest.approx(4 * M * 1e-3))
 
 
 @pytest.mark.parametrize(("schedule", "per_microbatch"), [("interleaved-1f1b", 10), ("zero-bubble", 12)])

@@ -10,7 +10,12 @@
     So for the schedules whose action lists torch computes ahead of time (`pipeline_order_with_comms` of its
     multi-stage schedules: interleaved 1F1B, looped BFS, interleaved zero bubble, ZB-V, DualPipeV), the cost model
     builds that list (`torch_order`: the schedule class constructed on stand-in stages, which is all its order
-    needs) and plays it (`simulate`). Each rank runs its actions in order, one at a time:
+    needs) and plays it (`simulate`). GPipe and 1F1B torch runs procedurally (`_step_microbatches` of
+    `ScheduleGPipe` and `Schedule1F1B`); `single_stage_order` writes that procedure out as the same kind of list.
+    (torch 2.13's 1F1B runs K − r forwards on rank r before its first backward, one more than the textbook's
+    K − 1 − r and than torch's own `_get_pipeline_order`, which only draws the schedule.) The link matters here:
+    the closed form puts every round trip on the critical path, while in torch's order a micro-batch's round trip
+    overlaps the forwards of the warmup. Each rank runs its actions in order, one at a time:
 
         F, I, W, B   busy for the chunk's forward, input-gradient, weight-gradient or whole backward time of one
                      micro-batch (OVERLAP_F_B, DualPipeV's pair: its forward then its backward, one stream)
@@ -71,6 +76,39 @@ def torch_order(schedule: str, ranks: int, microbatches: int) -> tuple[tuple[Op,
     except (ValueError, AssertionError, AttributeError, TypeError, KeyError, IndexError):
         return None
     return tuple(tuple(_ops(lists[r])) for r in range(ranks))
+
+
+@functools.lru_cache(maxsize=128)
+def single_stage_order(schedule: str, ranks: int, microbatches: int) -> tuple[tuple[Op, ...], ...] | None:
+    """Each rank's actions under torch's single-stage GPipe or 1F1B (`ScheduleGPipe`, `Schedule1F1B` of torch
+    2.13), which torch runs procedurally rather than from a list: written out here from their
+    `_step_microbatches` ([Note: simulated schedules]). None for any other schedule, or for 1F1B with fewer
+    micro-batches than stages (torch refuses it)."""
+    K, M = ranks, microbatches
+    if schedule not in ("gpipe", "1f1b") or (schedule == "1f1b" and M < K):
+        return None
+    out = []
+    for r in range(K):
+        first, last = r == 0, r == K - 1
+
+        def fwd(i: int, send: bool = True) -> list[Op]:
+            return ([] if first else [("RECV_F", r, i)]) + [("F", r, i)] + ([] if last or not send else
+                                                                            [("SEND_F", r, i)])  # fmt: skip
+
+        def bwd(i: int, send: bool = True) -> list[Op]:
+            return ([] if last else [("RECV_B", r, i)]) + [("B", r, i)] + ([] if first or not send else
+                                                                           [("SEND_B", r, i)])  # fmt: skip
+
+        if schedule == "gpipe":  # every forward, then every backward, in micro-batch order
+            ops = [op for i in range(M) for op in fwd(i)] + [op for i in range(M) for op in bwd(i)]
+        else:  # 1F1B: K − r forwards, then one backward and one forward in turn, then the remaining backwards
+            warmup = min(M, K - r)
+            ops = [op for i in range(warmup) for op in fwd(i)]
+            for i in range(M - warmup):  # torch fuses each send with the next receive: the same order
+                ops += bwd(i) + fwd(warmup + i)
+            ops += [op for i in range(M - warmup, M) for op in bwd(i)]
+        out.append(tuple(ops))
+    return tuple(out)
 
 
 def _ops(actions) -> list[Op]:
