@@ -89,26 +89,27 @@ def single_stage_order(schedule: str, ranks: int, microbatches: int) -> tuple[tu
         return None
     out = []
     for r in range(K):
-        first, last = r == 0, r == K - 1
-
-        def fwd(i: int, send: bool = True) -> list[Op]:
-            return ([] if first else [("RECV_F", r, i)]) + [("F", r, i)] + ([] if last or not send else
-                                                                            [("SEND_F", r, i)])  # fmt: skip
-
-        def bwd(i: int, send: bool = True) -> list[Op]:
-            return ([] if last else [("RECV_B", r, i)]) + [("B", r, i)] + ([] if first or not send else
-                                                                           [("SEND_B", r, i)])  # fmt: skip
-
         if schedule == "gpipe":  # every forward, then every backward, in micro-batch order
-            ops = [op for i in range(M) for op in fwd(i)] + [op for i in range(M) for op in bwd(i)]
+            ops = [op for i in range(M) for op in _forward(r, K, i)]
+            ops += [op for i in range(M) for op in _backward(r, K, i)]
         else:  # 1F1B: K − r forwards, then one backward and one forward in turn, then the remaining backwards
             warmup = min(M, K - r)
-            ops = [op for i in range(warmup) for op in fwd(i)]
+            ops = [op for i in range(warmup) for op in _forward(r, K, i)]
             for i in range(M - warmup):  # torch fuses each send with the next receive: the same order
-                ops += bwd(i) + fwd(warmup + i)
-            ops += [op for i in range(M - warmup, M) for op in bwd(i)]
+                ops += _backward(r, K, i) + _forward(r, K, warmup + i)
+            ops += [op for i in range(M - warmup, M) for op in _backward(r, K, i)]
         out.append(tuple(ops))
     return tuple(out)
+
+
+def _forward(r: int, ranks: int, mb: int) -> list[Op]:
+    """Rank r's forward of micro-batch mb under a single-stage schedule: receive (but on the first), compute,
+    send (but on the last)."""
+    return ([] if r == 0 else [("RECV_F", r, mb)]) + [("F", r, mb)] + ([] if r == ranks - 1 else [("SEND_F", r, mb)])
+
+
+def _backward(r: int, ranks: int, mb: int) -> list[Op]:
+    return ([] if r == ranks - 1 else [("RECV_B", r, mb)]) + [("B", r, mb)] + ([] if r == 0 else [("SEND_B", r, mb)])
 
 
 def _ops(actions) -> list[Op]:
