@@ -1,6 +1,7 @@
 """The cost model ([Note: cost model] in synthgrad/parallel/costmodel.py) against measured runs, then a projection.
 
     python benchmarks/cost_model.py [--measured benchmarks/results/time_to_accuracy.json] [--calibrate stale]
+        [--slow-links benchmarks/results/slow_links.json,benchmarks/results/slow_links_1gbit.json]
         [--json benchmarks/results/cost_model.json] [--plot benchmarks/results/cost_model_projection.png]
 
 Validation. The measured runs are those of benchmarks/time_to_accuracy.py (K = 2 processes, MNIST FCN 7 × 1024,
@@ -13,8 +14,9 @@ configuration is then predicted from that one profile and nothing else:
 - torch pipeline schedules and model-parallel: the profile, cut and placed as the schedule places it, with the
   run's micro-batches; each layer's time per row scaled by φ, how much slower per row the FCN's layer runs on a
   micro-batch of that many rows than on the whole batch, measured here by a separate kernel timing before the
-  validation (`--microbatch-cost none`: φ = 1, the linear assumption); the multi-stage schedules (interleaved,
-  zero bubble, V) played in torch's own action order ([Note: simulated schedules]);
+  validation (`--microbatch-cost none`: φ = 1, the linear assumption); every flushed schedule played in torch's
+  own order ([Note: simulated schedules]: the multi-stage schedules' action lists, GPipe's and 1F1B's procedure),
+  with the host's cost per action of torch's runtime measured first on a width-8 model ([Note: action cost]);
 - single process with T threads: the profile's layer times divided by T, the stated assumption that T threads
   give T times one thread's rate on these 1024-wide matrix products (intra-op scaling is not measured here);
 - decoupled (cDNI, DNI): the profile plus each synthesizer's cost from its FLOPs at the stage's measured rate
@@ -26,6 +28,11 @@ A second view ("own") predicts each asynchronous run from its own per-stage comp
 as `synthgrad plan --from RUN`), with the calibration run's overhead. A torch pipeline's per-stage compute_s holds
 its bubble (the schedule is timed as one piece), so those runs cannot be predicted from their own numbers.
 Relative error = predicted / measured − 1. Nothing is fitted to the runs being predicted.
+
+The slow-link runs (benchmarks/slow_links.py: two namespaces, one-way delays, tbf caps) are validated the same
+way, each file calibrated on its own stale run at its least delay (the same session's machine), every run
+predicted with its delay and bandwidth; a GPipe or 1F1B row also carries both schedules' predictions
+(`predicted_by_schedule`).
 
 Projection (labelled PROJECTION: no GPU measured it). The FCN's 1024-wide layer on an assumed H100 SXM: bf16,
 FLOPs at an assumed achieved 100 TFLOP/s (about a tenth of the dense peak, for matrix products this small), a
@@ -67,6 +74,7 @@ from synthgrad.parallel.costmodel import (  # noqa: E402
 from synthgrad.parallel.link import LinkSpec, link_label, parse_bandwidth  # noqa: E402
 from synthgrad.parallel.partition import split_layers  # noqa: E402
 from synthgrad.parallel.profiles import fcn_layer_flops, gpt_layer_flops, profile_from_run  # noqa: E402
+from synthgrad.parallel.torch_pipelines import SINGLE_STAGE  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 SLOW_LINK_FILES = ("slow_links.json", "slow_links_1gbit.json")  # benchmarks/slow_links.py's, 2 namespaces
@@ -298,6 +306,8 @@ def validate(measured: dict, calibrate: str, tmp: Path, microbatch_cost=(), acti
             "role": "calibration (in-sample)" if name == calibrate else "validation",
             "how": how,
         }
+        if sched in SINGLE_STAGE:  # the other single-stage schedule on the same run: which one the model prefers
+            row["predicted_by_schedule"] = {o: predict(o, prof, K, **kw).samples_per_s for o in sorted(SINGLE_STAGE)}
         if sched == "zero-bubble":  # what it would be if splitting B and W bought nothing
             row["if_no_bw_gain_interleaved_1f1b"] = predict("interleaved-1f1b", prof, K, **kw).samples_per_s
         if sched in ("stale", "decoupled") and name != calibrate:

@@ -84,8 +84,10 @@ def single_stage_order(schedule: str, ranks: int, microbatches: int) -> tuple[tu
     2.13), which torch runs procedurally rather than from a list: written out here from their
     `_step_microbatches` ([Note: simulated schedules]). None for any other schedule, or for 1F1B with fewer
     micro-batches than stages (torch refuses it)."""
+    from synthgrad.parallel.torch_pipelines import SINGLE_STAGE
+
     K, M = ranks, microbatches
-    if schedule not in ("gpipe", "1f1b") or (schedule == "1f1b" and M < K):
+    if schedule not in SINGLE_STAGE or (schedule == "1f1b" and M < K):
         return None
     out = []
     for r in range(K):
