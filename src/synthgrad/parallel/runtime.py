@@ -25,6 +25,7 @@ from synthgrad.errors import SynthgradError
 # Message tags: activations travel down the stack, gradient targets up.
 TAG_FORWARD = 1
 TAG_TARGET = 2
+TAG_PROBE = 3  # measuring the link before training ([Note: measured link] in parallel/staleness.py)
 
 
 class StageLost(SynthgradError):

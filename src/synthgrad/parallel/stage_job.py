@@ -47,7 +47,9 @@ class StageJob:
         in_shape = task.input_shape if self.k == 0 else tuple(shapes[self.k - 1])
         self.shapes[Channel.ACTIVATION] = in_shape
         s = schedule.staleness
-        self.transport = RuntimeTransport(rt, self.k, lambda m: schedule.carries_target(self.k + 1, m), 4 * (s + 2))
+        self.transport = RuntimeTransport(
+            rt, self.k, lambda m: schedule.carries_target(self.k + 1, m), 4 * (s + 2), ahead=s + 1
+        )  # [Note: receives ahead] in parallel/transport.py
         self.transport.limit(ticks)
         self.runner = StageRunner(self.stage, schedule, self.transport, in_shape, tuple(shapes[self.k]))
         self.batch = batch_size

@@ -16,6 +16,13 @@ measured step time, and the memory each step of staleness costs.
     maximum). A link whose transfer time exceeds T cannot be hidden by any S: the pipeline then runs at one
     message per x, and the derivation says so.
 
+    d and x are those of the real network plus those of the emulated link, if one is asked for
+    (`--link-delay-ms`, `--link-bandwidth`). The real network's are measured between neighbouring stages before
+    training ([Note: measured link]), since on real machines nobody tells synthgrad a link's delay or bandwidth:
+    a cap set outside synthgrad (tc, a WAN) showed up only as a slower step before (at 100 Mbit/s, S = 2 where
+    the link needs 5). A measured round trip under a tenth of a step (any loopback or LAN link at these sizes)
+    counts as none, so S does not change with the noise of a fast link.
+
     Timing is not deterministic, so S is not either: the derivation is written into the run's config
     (`staleness_basis` in config.json) and a resumed run takes S from its checkpoint's config instead of measuring
     again; S changes the numbers, the delay then does not.
@@ -42,19 +49,31 @@ from typing import Any
 import torch
 
 from synthgrad.parallel.link import LinkSpec, format_bandwidth, parse_bandwidth
+from synthgrad.parallel.runtime import TAG_PROBE
 
 MARGIN = 1  # steps of slack beyond the bound, for jitter
 WARMUP, STEPS = 3, 8
 INPUT_SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
 
 
-def derive_staleness(step_s: float, link: LinkSpec, message_bytes: int, margin: int = MARGIN) -> dict[str, Any]:
+NEGLIGIBLE = 0.1  # a measured round trip under this fraction of a step counts as none ([Note: auto staleness])
+
+
+def derive_staleness(
+    step_s: float, link: LinkSpec, message_bytes: int, margin: int = MARGIN,
+    measured: tuple[float, float] | None = None,
+) -> dict[str, Any]:  # fmt: skip
     """S for a step time `step_s`, a link, and the largest message per cut ([Note: auto staleness]); returns the
-    derivation (S under "staleness")."""
-    transfer = link.transfer_s(message_bytes)
-    round_trip = 2 * (link.delay_s + transfer)
+    derivation (S under "staleness"). `measured`: the real network's (one-way delay, transfer time of one message)
+    in seconds (`measure_link`), added to the emulated `link`'s unless its round trip is negligible."""
+    real_delay, real_transfer = measured or (0.0, 0.0)
+    negligible = step_s > 0 and 2 * (real_delay + real_transfer) < NEGLIGIBLE * step_s
+    if negligible:
+        real_delay = real_transfer = 0.0
+    transfer = link.transfer_s(message_bytes) + real_transfer
+    round_trip = 2 * (link.delay_s + real_delay + transfer)
     steps = math.ceil(round_trip / step_s - 1e-9) if step_s > 0 else 0
-    return {
+    basis = {
         "staleness": 1 + steps + margin,
         "step_time_ms": round(step_s * 1e3, 3),
         "link_delay_ms": link.delay_s * 1e3,
@@ -67,6 +86,60 @@ def derive_staleness(step_s: float, link: LinkSpec, message_bytes: int, margin: 
         "bandwidth_bound": transfer > step_s,
         "rule": "S = 1 + ceil(2 (delay + transfer) / step) + margin",
     }
+    if measured is not None:
+        basis["measured_link"] = {"delay_ms": round(measured[0] * 1e3, 3), "transfer_ms": round(measured[1] * 1e3, 3),
+                                  "negligible": negligible}  # fmt: skip
+    return basis
+
+
+def measure_link(rt, message_bytes: int, repeats: int = 3, stream: int = 4) -> tuple[float, float]:
+    """[Note: measured link]
+    The real network between neighbouring stages, measured before training: (one-way delay d, transfer time x of
+    a message of `message_bytes`) in seconds, the worst over the K − 1 links, the same on every rank. Each link
+    (k, k + 1) is measured by its two ends, pairs (0, 1), (2, 3), … first, then (1, 2), (3, 4), …, so every rank
+    talks to one neighbour at a time. d is half the median round trip of a 4-byte ping-pong. For x the lower end
+    streams `stream` messages of that size and the upper end answers with 4 bytes once all have arrived: that
+    takes d + stream·x + d, so x = (elapsed − 2d) / stream (a stream, so that a link's burst allowance or slow
+    start counts little). It runs before any emulated link is set up, so it sees the real network only, and its
+    waiting is not counted in the stage's timing. One direction at a time: a link that is slower when both
+    directions carry data (gloo over a 100 Mbit/s tbf cap: ~10 % slower) is measured a little fast; the margin
+    step covers that."""
+    n = max(1, message_bytes // 4)
+    small, big = torch.zeros(1, device=rt.device), torch.zeros(n, device=rt.device)
+    saved = (rt.timing.wait_s, rt.timing.comm_s)
+    delay = transfer = 0.0
+    for phase in (0, 1):
+        lower = rt.rank % 2 == phase
+        peer = rt.rank + 1 if lower else rt.rank - 1
+        if not 0 <= peer < rt.world_size:
+            continue
+        rtts = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            if lower:
+                rt.wait(rt.isend(small, peer, TAG_PROBE), peer)
+                rt.recv((1,), peer, TAG_PROBE)
+            else:
+                rt.recv((1,), peer, TAG_PROBE)
+                rt.wait(rt.isend(small, peer, TAG_PROBE), peer)
+            rtts.append(time.perf_counter() - t0)
+        d = statistics.median(rtts) / 2
+        if lower:
+            t0 = time.perf_counter()
+            sends = [rt.isend(big, peer, TAG_PROBE) for _ in range(stream)]
+            rt.recv((1,), peer, TAG_PROBE)
+            elapsed = time.perf_counter() - t0
+            for work in sends:
+                rt.wait(work, peer)
+            delay, transfer = max(delay, d), max(transfer, max(0.0, elapsed - 2 * d) / stream)
+        else:
+            buffers = [torch.empty(n, device=rt.device) for _ in range(stream)]
+            for work in [rt.irecv(b, peer, TAG_PROBE) for b in buffers]:
+                rt.wait(work, peer)
+            rt.wait(rt.isend(small, peer, TAG_PROBE), peer)
+    rt.timing.wait_s, rt.timing.comm_s = saved
+    delay, transfer = rt.all_reduce([delay, transfer], "max")
+    return delay, transfer
 
 
 # ---------------------------------------------------------------------- measuring a stage
@@ -191,7 +264,7 @@ def resolve_auto_staleness(pcfg, rt, resume: bool):
     _, _, shapes = _network(pcfg, torch.device("cpu"))
     message = max(math.prod(s) for s in shapes[:-1]) * pcfg.train.batch_size * 4
     link = LinkSpec(pcfg.link_delay_ms / 1e3, parse_bandwidth(pcfg.link_bandwidth))
-    basis = derive_staleness(step, link, message)
+    basis = derive_staleness(step, link, message, measured=measure_link(rt, message))  # [Note: measured link]
     s = basis["staleness"]
     memories = rt.all_gather_object(memory)
     basis["memory_per_step_mb"] = [round(m["bytes_per_step"] / 2**20, 3) for m in memories]
@@ -199,11 +272,14 @@ def resolve_auto_staleness(pcfg, rt, resume: bool):
     basis["extra_memory_mb_vs_s1"] = [round((s - 1) * m["bytes_per_step"] / 2**20, 2) for m in memories]
     if rt.rank == 0:
         per = ", ".join(f"stage {m['stage']} {m['bytes_per_step'] / 2**20:.1f} MiB" for m in memories)
+        real = basis["measured_link"]
+        measured = "negligible" if real["negligible"] else f"{real['delay_ms']:.1f} + {real['transfer_ms']:.1f} ms"
         print(f"--max-staleness auto: S = {s} (step {basis['step_time_ms']:.1f} ms, round trip "
-              f"{basis['round_trip_ms']:.1f} ms = {basis['round_trip_steps']:.2f} steps, +1, +{MARGIN} margin"
+              f"{basis['round_trip_ms']:.1f} ms = {basis['round_trip_steps']:.2f} steps (measured link: {measured} "
+              f"one way), +1, +{MARGIN} margin"
               f"{'; bandwidth-bound: no S hides a transfer longer than a step' if basis['bandwidth_bound'] else ''})"
               f"; each step of S holds {per}", flush=True)  # fmt: skip
     return dataclasses.replace(pcfg, max_staleness=s, staleness_basis=basis)
 
 
-__all__ = ["derive_staleness", "measure_step_time", "resolve_auto_staleness", "staleness_memory"]
+__all__ = ["derive_staleness", "measure_link", "measure_step_time", "resolve_auto_staleness", "staleness_memory"]

@@ -1,10 +1,23 @@
 """Messages between stage processes, for the schedule's interpreter (`synthgrad.pipeline.StageRunner`).
 
 Each channel between two stages is a FIFO in step order, and the receiver knows from the schedule which steps
-carry a message ([Note: fold timing] in synthgrad/schedule.py), so it posts its receives ahead: a message is on
-the wire while the receiver computes, and waiting happens only when the sender is late. What has arrived but is
-not consumed yet sits in an inbox, which a checkpoint keeps (`settle`), so that a resumed run receives nothing
-twice and misses nothing.
+carry a message ([Note: fold timing] in synthgrad/schedule.py), so it posts its receives ahead ([Note: receives
+ahead]): a message is on the wire while the receiver computes, and waiting happens only when the sender is late.
+What has arrived but is not consumed yet sits in an inbox, which a checkpoint keeps (`settle`), so that a resumed
+run receives nothing twice and misses nothing.
+
+[Note: receives ahead]
+    gloo moves a message only once both ends have posted it: a receive sends the peer a small "ready to receive"
+    notice, and the sender holds the bytes until that notice arrives (gloo/transport/tcp/pair.cc, `Pair::recv`
+    and `Pair::send`). The notice travels on the same TCP connection as the receiver's own outgoing messages,
+    behind whatever of them is still queued. Where a message takes a while on the link (1 MiB at 100 Mbit/s is
+    ~90 ms) that is most of a step: stage 0, posting its receive for target t just after sending activation
+    t + S, made the notice wait behind that activation, and target t left stage 1 only then, so the step became
+    compute plus one message (155 ms measured for the 7 × 1024 FCN, batch 256, where the link allows ~100 ms;
+    benchmarks/transport_probe.py reproduces both). Keeping `ahead` receives posted per channel (S + 1 by default:
+    every message that can be in flight towards a stage) sends each notice steps before its message, while the
+    connection is idle. The cost is `ahead` buffers of one message per channel, the memory [Note: auto
+    staleness] already counts per step of S.
 """
 
 from __future__ import annotations
@@ -22,10 +35,14 @@ TAGS = {Channel.ACTIVATION: TAG_FORWARD, Channel.TARGET: TAG_TARGET}
 
 
 class _Incoming:
-    """One incoming channel: receives posted in step order, one ahead of what is consumed."""
+    """One incoming channel: receives posted in step order, `ahead` of what is consumed ([Note: receives ahead])."""
 
-    def __init__(self, rt: Runtime, src: int, channel: Channel, carries: Callable[[int], bool]) -> None:
-        self.rt, self.src, self.tag, self.carries = rt, src, TAGS[channel], carries
+    def __init__(
+        self, rt: Runtime, src: int, channel: Channel, carries: Callable[[int], bool], ahead: int = 1
+    ) -> None:  # fmt: skip
+        if ahead < 1:
+            raise ValueError(f"receives posted ahead must be >= 1, got {ahead}")
+        self.rt, self.src, self.tag, self.carries, self.ahead = rt, src, TAGS[channel], carries, ahead
         self.inbox: dict[int, Tensor] = {}
         self.posted: deque[tuple[int, object, Tensor]] = deque()  # (step, work, buffer)
         self.shape: tuple[int, ...] | None = None
@@ -38,17 +55,19 @@ class _Incoming:
             step += 1
         return step
 
-    def _post(self, step: int) -> None:
+    def _post(self, step: int) -> bool:
         if self.limit is not None and step >= self.limit:
-            return
+            return False
         buf = torch.empty(self.shape, device=self.rt.device)
         self.posted.append((step, self.rt.irecv(buf, self.src, self.tag), buf))
+        return True
 
     def take(self, step: int, shape: tuple[int, ...]) -> Tensor:
         self.shape = shape
         message = self.inbox.pop(step) if step in self.inbox else self._wait(step)
-        if not self.posted:  # one ahead: the next message travels while this stage computes
-            self._post(self._next(step))
+        # `ahead` posted: the next messages travel while this stage computes
+        while len(self.posted) < self.ahead and self._post(self._next(step)):
+            pass
         return message
 
     def settle(self, steps: list[int]) -> None:
@@ -72,11 +91,13 @@ class _Incoming:
 class RuntimeTransport:
     """`Transport` over a `Runtime`, as seen by stage `k` of a schedule."""
 
-    def __init__(self, rt: Runtime, k: int, target_carries: Callable[[int], bool], max_outstanding: int) -> None:
+    def __init__(
+        self, rt: Runtime, k: int, target_carries: Callable[[int], bool], max_outstanding: int, ahead: int = 1
+    ) -> None:  # fmt: skip
         self.rt, self.k = rt, k
         self.incoming = {
-            Channel.ACTIVATION: _Incoming(rt, k - 1, Channel.ACTIVATION, lambda s: True),
-            Channel.TARGET: _Incoming(rt, k + 1, Channel.TARGET, target_carries),
+            Channel.ACTIVATION: _Incoming(rt, k - 1, Channel.ACTIVATION, lambda s: True, ahead),
+            Channel.TARGET: _Incoming(rt, k + 1, Channel.TARGET, target_carries, ahead),
         }
         self.sends: deque[tuple[object, int]] = deque()
         self.max_outstanding = max_outstanding
