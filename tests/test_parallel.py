@@ -113,8 +113,9 @@ def test_lockstep_equals_in_process(data, tmp_path, method, stages, extra_args, 
         ("cdni", 3, 1, ["--update-prob", "0.7"], {"update_prob": 0.7}),
         ("dni", 3, 2, ["--fold-every", "1"], {"fold_every": 1}),
         ("cdni", 3, 2, ["--unlock", "full"], {"unlock": "full"}),
+        ("cdni", 3, 1, ["--target-every", "2"], {"target_every": 2}),
     ],
-    ids=["dni-2-S2-fold3", "cdni-3-S1-p0.7", "dni-3-S2-fold1", "cdni-3-S2-unlock"],
+    ids=["dni-2-S2-fold3", "cdni-3-S1-p0.7", "dni-3-S2-fold1", "cdni-3-S2-unlock", "cdni-3-S1-targets2"],
 )
 def test_asynchronous_run_equals_the_in_process_executor(data, tmp_path, method, stages, staleness, extra_args,
                                                          extra_cfg) -> None:  # fmt: skip

@@ -104,6 +104,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--update-prob", type=_real, help="update decoupling: each module updates with probability P")
     g.add_argument("--unlock", choices=["full"], help="complete unlock: synthetic inputs and gradients")
     g.add_argument("--fold-every", type=int, help="fold in the true gradient of every K-th batch (0: never)")
+    g.add_argument("--target-every", type=int,
+                   help="synthesizers train on every K-th batch's target only; the module above skips its input "
+                        "gradient on the others (default 1)")  # fmt: skip
     g.add_argument("--modules", type=int, help="decoupled modules in process (default: every layer; gpt: 2)")
     g = p.add_argument_group("language model (--model gpt)")
     g.add_argument("--context", type=int, help="T, tokens per window (default 64)")

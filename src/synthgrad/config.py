@@ -55,6 +55,9 @@ class TrainConfig:
     # Fold the true gradient of every k-th batch into every module as it arrives ([Note: folding in true
     # gradients] in stage.py); 0 never; None: the method's default, see `resolve`.
     fold_every: int | None = None
+    # The bootstrap's synthesizers train on every k-th batch's target only ([Note: sparse targets] in
+    # interface.py): the module above skips its input gradient on the others. 1: every batch (the paper's).
+    target_every: int = 1
     # -- optimisation: Adam with batch 256 as in PAPER.md §2.
     epochs: int = 10
     batch_size: int = 256
@@ -146,6 +149,11 @@ class TrainConfig:
             raise ConfigError("--unlock, --update-prob, --synthesizer and --fold-every need --method dni or cdni")
         if self.fold_every is not None and self.fold_every < 0:
             raise ConfigError(f"--fold-every must be >= 0, got {self.fold_every}")
+        if self.target_every < 1:
+            raise ConfigError(f"--target-every must be >= 1, got {self.target_every}")
+        if self.target_every > 1 and (self.method is Method.BACKPROP or self.fold_every):
+            raise ConfigError("--target-every thins the bootstrapped targets of dni or cdni without folding "
+                              "(--fold-every 0)")  # fmt: skip
         if self.fold_every and self.unlock:
             raise ConfigError("folding true gradients needs real inputs: use --fold-every 0 with --unlock full")
         if self.layers == 1 and self.method is not Method.BACKPROP and self.model != "gpt":
@@ -222,8 +230,10 @@ class TrainConfig:
         # the part of the gradient that is about the label (PAPER.md §3: 4.3% at 6 layers after 500k steps).
         # Every batch matches backprop's error at 2× its time per step; every 3rd stays within 0.3 points at
         # 1.4×. cDNI's synthesizer sees the label and needs no folding. Complete unlock trains on synthetic
-        # inputs, which folding cannot correct: never there.
-        fold = r.fold_every if r.fold_every is not None else (3 if r.method is Method.DNI and not r.unlock else 0)
+        # inputs, which folding cannot correct: never there. Sparse targets (--target-every) are bootstrapped ones:
+        # no folding by default with them either.
+        folds = r.method is Method.DNI and not r.unlock and r.target_every == 1
+        fold = r.fold_every if r.fold_every is not None else (3 if folds else 0)
         plain_dni = r.method is Method.DNI and fold == 0  # the paper's recipe is its best there (`paper_recipe`)
         # Module lr: backprop and cDNI learn fastest at 1e-4 within tens of epochs (the paper's 3e-5 is for 500k
         # steps); folding every k > 1 batches takes a true-gradient step a k-th as often and learns as fast at

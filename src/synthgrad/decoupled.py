@@ -45,13 +45,16 @@ class StepStats:
     updated: list[bool] = field(default_factory=list)  # which modules updated (update decoupling)
 
 
-def chain_rule(fold_every: int, rule: TargetRule | None) -> TargetRule:
-    """The target rule of a chain: `rule`, else folding every `fold_every`-th batch, else the bootstrap."""
+def chain_rule(fold_every: int, rule: TargetRule | None, target_every: int = 1) -> TargetRule:
+    """The target rule of a chain: `rule`, else folding every `fold_every`-th batch, else the bootstrap (of every
+    `target_every`-th batch's target, [Note: sparse targets] in interface.py)."""
     if rule is not None:
         return rule
     if fold_every < 0:
         raise ValueError(f"fold_every must be >= 0, got {fold_every}")
-    return TrueGradient(every=fold_every) if fold_every else Bootstrap()
+    if fold_every and target_every != 1:
+        raise ValueError("target_every thins bootstrapped targets; with folding the targets are the folded batches'")
+    return TrueGradient(every=fold_every) if fold_every else Bootstrap(every=target_every)
 
 
 class DecoupledSequential(nn.Module):
@@ -71,6 +74,8 @@ class DecoupledSequential(nn.Module):
         fold_every: fold the true gradient of every k-th batch in as it arrives ([Note: folding in true
             gradients]); 0 never. Shorthand for `rule=TrueGradient(every=k)`.
         rule: the target rule of every cut (default: the bootstrap, or folding per `fold_every`).
+        target_every: the bootstrap's synthesizers train on every k-th batch's target only ([Note: sparse
+            targets] in interface.py); 1 on every batch's. Shorthand for `rule=Bootstrap(every=k)`.
     """
 
     def __init__(
@@ -86,10 +91,11 @@ class DecoupledSequential(nn.Module):
         seed: int = 0,
         fold_every: int = 0,
         rule: TargetRule | None = None,
+        target_every: int = 1,
     ) -> None:
         super().__init__()
         n = len(modules)
-        rule = chain_rule(fold_every, rule)
+        rule = chain_rule(fold_every, rule, target_every)
         if n < 1:
             raise ValueError("need at least one module")
         if len(synthesizers) != n - 1:
@@ -271,6 +277,7 @@ def decouple(
     seed: int = 0,
     fold_every: int = 0,
     rule: TargetRule | None = None,
+    target_every: int = 1,
 ) -> DecoupledSequential:
     """Cut a sequential model into decoupled modules, with a synthesizer on every cut.
 
@@ -290,6 +297,7 @@ def decouple(
         input_synthesizer: spec of the input synthesizers (default: MLP with one hidden layer of 1024).
         fold_every: fold in the true gradient of every k-th batch ([Note: folding in true gradients]); 0 never.
         rule: the target rule of every cut, instead of `fold_every`.
+        target_every: synthesizers train on every k-th batch's bootstrapped target ([Note: sparse targets]).
 
     Example:
         >>> net = decouple(fcn((1, 28, 28), 10, layers=4), x[:2], context_dim=10)
@@ -306,4 +314,5 @@ def decouple(
     return DecoupledSequential(
         blocks, synths, loss_fn=loss_fn, optimizer=optimizer or adam(lr), synthesizer_optimizer=synthesizer_optimizer,
         update_prob=update_prob, input_synthesizers=input_synths, seed=seed, fold_every=fold_every, rule=rule,
+        target_every=target_every,
     )  # fmt: skip

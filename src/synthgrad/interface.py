@@ -17,6 +17,13 @@ Target rules are small values, not flags; each names where M's target comes from
                                 two networks, the receiving network's gradient
     LambdaReturn(discount, μ)   TD(μ) traces over a recurrent sequence ([Note: synthesizer traces])
 
+[Note: sparse targets]
+    `Bootstrap(every=k)` trains M on the target of every k-th batch only. The module above then computes the
+    gradient of its input on those batches alone; on the others its backward pass stops at its weights, and nothing
+    travels down. In a pipeline that is the module's most expensive product it can skip (one of its layers' three
+    matrix products), and the link carries 1/k of the targets. The modules' own updates are unchanged: every batch
+    still applies ĝ. What it costs is M's training signal, k times sparser; k = 1 is the paper's rule.
+
 An interface without a synthesizer predicts exactly zero: with `TrueGradient(every=1)` that is delayed backprop,
 the stale-gradient pipeline (PipeDream's weight stashing) DNI is measured against.
 """
@@ -35,17 +42,28 @@ from synthgrad.optim import OptimizerFactory, optimizer_or_none, step_and_clear
 
 @dataclass(frozen=True)
 class Bootstrap:
-    """M regresses onto the gradient carried back through the module above, δ = (∂h'/∂h)ᵀ λ ĝ' (PAPER.md §1)."""
+    """M regresses onto the gradient carried back through the module above, δ = (∂h'/∂h)ᵀ λ ĝ' (PAPER.md §1), of
+    every `every`-th batch ([Note: sparse targets])."""
 
     discount: float = 1.0  # λ on the synthetic gradient where it enters a backward pass ([Note: discount])
+    every: int = 1
+
+    def __post_init__(self) -> None:
+        if self.every < 1:
+            raise ConfigError(f"a bootstrapped target needs every >= 1 (0 would never train M), got {self.every}")
 
     def keeps(self, step: int) -> bool:
         """Whether batch `step` stays in flight for a true gradient (never: targets come from the next module)."""
         return False
 
+    def targets(self, step: int) -> bool:
+        """Whether the backward pass of batch `step` carries a target down to the cut below."""
+        return step % self.every == 0
+
     @property
     def carries_input_gradient(self) -> bool:
-        """Every backward pass of the module above must carry a gradient down: it is this cut's target."""
+        """The backward pass of the module above carries a gradient down (of every `every`-th batch): it is this
+        cut's target."""
         return True
 
 
@@ -64,6 +82,10 @@ class TrueGradient:
     def keeps(self, step: int) -> bool:
         return step % self.every == 0
 
+    def targets(self, step: int) -> bool:
+        """Targets travel with folded batches ([Note: fold timing] in schedule.py), never with a step's own pass."""
+        return False
+
     @property
     def carries_input_gradient(self) -> bool:
         """Only a kept batch's true gradient goes down; other backward passes stop at the module's weights."""
@@ -79,6 +101,9 @@ class LambdaReturn:
 
     def keeps(self, step: int) -> bool:
         return False
+
+    def targets(self, step: int) -> bool:
+        return True
 
     @property
     def carries_input_gradient(self) -> bool:

@@ -84,7 +84,7 @@ class DecoupledSchedule:
     def carries_target(self, stage: int, step: int) -> bool:
         """Whether stage `stage`'s message down at `step` carries a tensor ([Note: fold timing])."""
         if self.rule.carries_input_gradient:
-            return step >= 0
+            return step >= 0 and self.rule.targets(step)  # [Note: sparse targets] in interface.py
         lag = (self.stages - 1 - stage) * (self.staleness + 1)
         return step - lag >= 0 and self.rule.keeps(step - lag)
 

@@ -162,7 +162,8 @@ class Stage(nn.Module):
         describe real inputs, which is what evaluation sees."""
         keep = self.rule.keeps(self.steps)  # a folded batch: its graph stays until its true gradient comes
         carries = self.rule.carries_input_gradient
-        inp = source.detach().requires_grad_(self.index > 0 and (keep or carries))
+        sends = carries and self.rule.targets(self.steps)  # [Note: sparse targets] in interface.py
+        inp = source.detach().requires_grad_(self.index > 0 and (keep or sends))
         below = inp if inp.requires_grad else None
         with frozen_buffers(self.block) if synthetic_input else contextlib.nullcontext():
             with stashed_weights(self.block) if keep and not self.top else contextlib.nullcontext() as weights:
@@ -181,8 +182,9 @@ class Stage(nn.Module):
                 result = StepResult(out, down, synthetic)
         step_and_clear(self.optimizer, update)
         if not self.top:
-            prediction = result.synthetic if carries else None
-            h = out.detach() if carries else None
+            awaited = carries and self.rule.targets(self.steps)  # the stage above sends this step's target
+            prediction = result.synthetic if awaited else None
+            h = out.detach() if awaited else None
             self.pending.append(_Pending(self.steps, update, h, context, prediction, self.interface.updates))
         self.steps += 1
         return result
@@ -228,6 +230,8 @@ class Stage(nn.Module):
         folded in at the next step). Returns (synthesizer loss, cosine); NaN when a folding stage's message
         carried nothing."""
         p = self.pending.popleft()
+        if message is None and self.rule.carries_input_gradient:  # a step without a target (sparse targets)
+            return float("nan"), float("nan")
         if not self.rule.carries_input_gradient:  # folding: the true gradient of the oldest batch in flight
             if message is None:
                 return float("nan"), float("nan")

@@ -212,8 +212,8 @@ def check_parts(core: RecurrentCore, boundary: Interface | None, aux: AuxTask | 
     rule = boundary.rule if boundary is not None else None
     if rule is not None:
         _check_ranges(rule.discount, getattr(rule, "decay", 0.0))
-    if isinstance(rule, TrueGradient) and rule.every != 1:
-        raise ConfigError(f"a recurrent boundary's true target comes at every boundary: every=1, got {rule.every}")
+    if isinstance(rule, TrueGradient | Bootstrap) and rule.every != 1:
+        raise ConfigError(f"a recurrent boundary's target comes at every boundary: every=1, got {rule.every}")
     if isinstance(rule, LambdaReturn) and not callable(getattr(core, "trace_jacobian", None)):
         raise ConfigError(
             f"a trace decay needs a core with trace_jacobian(x_t, state, next_state); {type(core).__name__} has none"

@@ -66,6 +66,7 @@ def build_network(
         seed=cfg.seed,
         synthesizer_optimizer=None if locked else adam(cfg.synthesizer_lr),
         fold_every=cfg.fold_every,
+        target_every=cfg.target_every,
     )
 
 
