@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from synthgrad.core import batch_cosine
 from synthgrad.interface import Bootstrap, InputInterface, Interface, TargetRule, TrueGradient
-from synthgrad.optim import OptimizerFactory, adam
+from synthgrad.optim import OptimizerFactory, adam, batched_steps
 from synthgrad.stage import LossFn, Stage
 from synthgrad.stash import frozen_buffers
 from synthgrad.synthesizers import SynthesizerKind, SynthesizerSpec
@@ -165,6 +165,10 @@ class DecoupledSequential(nn.Module):
             diagnose: also compute the true gradient at every cut (one extra locked forward/backward, with
                 batch-norm statistics untouched) and report its cosine, and the target's, with ĝ.
         """
+        with batched_steps():  # one fused update for the whole chain: [Note: batched optimizer steps] in optim.py
+            return self._lockstep(x, target, context, diagnose)
+
+    def _lockstep(self, x: Tensor, target: Tensor, context: Tensor | None, diagnose: bool) -> StepStats:
         true_grads = self.true_gradients(x, target) if diagnose and len(self.stages) > 1 else None
         updates = [stage.draw_update() for stage in self.stages]
         stats = StepStats(loss=float("nan"), updated=updates)
