@@ -127,3 +127,35 @@ def test_skipped_update_is_zeroed_at_once() -> None:
         step_and_clear(opt, update=False)
         assert not layer.weight.grad.any()
     assert torch.equal(layer.weight, before)
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ({"method": "cdni"}, 0.9),
+        ({"model": "gpt", "method": "backprop"}, 0.9),
+        ({"model": "gpt", "method": "dni", "beta1": 0.5}, 0.5),
+        ({"method": "dni", "beta1": 0.0}, 0.0),
+    ],
+)
+def test_beta1_reaches_the_modules_adam_and_not_the_synthesizers(values: dict, expected: float) -> None:
+    """`--beta1` (or the method's default) is the β1 of every module's Adam; the synthesizers keep torch's 0.9."""
+    from synthgrad.config import from_dict
+    from synthgrad.training import build_network
+
+    cfg = from_dict({"train_limit": 512, **values}).validate().resolve()
+    assert cfg.beta1 == expected
+    shape = (64,) if cfg.model == "gpt" else (1, 28, 28)
+    net = build_network(cfg, shape, 50 if cfg.model == "gpt" else 10)
+    for stage in net.stages:
+        assert stage.optimizer.param_groups[0]["betas"] == (expected, 0.999)
+        if stage.interface is not None and stage.interface.optimizer is not None:
+            assert stage.interface.optimizer.param_groups[0]["betas"] == (0.9, 0.999)
+
+
+def test_beta1_out_of_range_is_a_config_error() -> None:
+    from synthgrad.config import from_dict
+    from synthgrad.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--beta1 must be in"):
+        from_dict({"beta1": 1.0}).validate()

@@ -119,6 +119,11 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int)
     g.add_argument("--lr", type=_real)
     g.add_argument("--synthesizer-lr", type=_real)
+    g.add_argument(
+        "--beta1",
+        type=_real,
+        help="the modules' Adam β1 (default: the method's; 0.9 but for the GPT's decoupled recipes)",
+    )
     g.add_argument("--seed", type=_seed)
     g = p.add_argument_group("running")
     g.add_argument("--device", help="cpu, cuda or cuda:N")

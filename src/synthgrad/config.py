@@ -63,6 +63,7 @@ class TrainConfig:
     batch_size: int = 256
     lr: float | None = None  # module learning rate; None: the method's default, see `resolve`
     synthesizer_lr: float | None = None  # None: the method's default, see `resolve`
+    beta1: float | None = None  # the modules' Adam β1; None: the method's default (0.9; see `resolve`)
     seed: int = 0
     # -- running
     device: str = "cpu"  # cpu | cuda | cuda:N
@@ -98,6 +99,7 @@ class TrainConfig:
                 self.synthesizer_lr is None or 0 < self.synthesizer_lr < math.inf,
                 f"--synthesizer-lr must be a finite number > 0, got {self.synthesizer_lr}",
             ),
+            (self.beta1 is None or 0.0 <= self.beta1 < 1.0, f"--beta1 must be in [0, 1), got {self.beta1}"),
             (self.train_limit is None or self.train_limit >= self.batch_size, "--train-limit must be >= batch size"),
             (self.diagnose_every >= 0, f"--diagnose-every must be >= 0, got {self.diagnose_every}"),
             # torch's thread count is a C int; no machine has a thousand cores for one process
@@ -224,6 +226,7 @@ class TrainConfig:
         r = dataclasses.replace(self, width=self.width or _default_width(self.model, self.dataset))
         if r.model == "gpt":
             return _resolve_gpt(r)
+        r = dataclasses.replace(r, beta1=0.9 if r.beta1 is None else r.beta1)  # torch's; the FCN recipes use it
         if r.method is Method.BACKPROP:  # no synthesizer, nothing to fold
             return dataclasses.replace(r, fold_every=0, lr=r.lr or 1e-4)
         # DNI folds every 3rd batch's true gradient in: a synthesizer that cannot see the label cannot predict
@@ -281,7 +284,8 @@ def _resolve_gpt(r: TrainConfig) -> TrainConfig:
         eval_tokens=r.eval_tokens or (max(1, budget // 5) if budget else 2_000_000),
     )  # fmt: skip
     if r.method is Method.BACKPROP:
-        return dataclasses.replace(lm, modules=1, fold_every=0, lr=r.lr or GPT_RECIPE["backprop_lr"])
+        beta1 = 0.9 if r.beta1 is None else r.beta1
+        return dataclasses.replace(lm, modules=1, fold_every=0, lr=r.lr or GPT_RECIPE["backprop_lr"], beta1=beta1)
     recipe = GPT_RECIPE[r.method.value]
     kind = r.synthesizer or SynthesizerKind(recipe["synthesizer"])
     hidden = r.synthesizer_hidden
@@ -293,7 +297,7 @@ def _resolve_gpt(r: TrainConfig) -> TrainConfig:
     return dataclasses.replace(
         lm, modules=r.modules or 2, fold_every=recipe["fold_every"] if r.fold_every is None else r.fold_every,
         lr=r.lr or recipe["lr"], synthesizer_lr=r.synthesizer_lr or recipe["synthesizer_lr"], synthesizer=kind,
-        synthesizer_hidden=hidden,
+        synthesizer_hidden=hidden, beta1=recipe["beta1"] if r.beta1 is None else r.beta1,
     )  # fmt: skip
 
 
@@ -303,8 +307,8 @@ def _resolve_gpt(r: TrainConfig) -> TrainConfig:
 # BPC after 6M tokens; folding every batch (--fold-every 1) narrows DNI's gap at 1.26-1.40x backprop's time per token.
 GPT_RECIPE: dict[str, Any] = {
     "backprop_lr": 1e-3,
-    "dni": {"synthesizer": "token-mlp", "fold_every": 3, "lr": 1e-3, "synthesizer_lr": 1e-4},
-    "cdni": {"synthesizer": "token-linear", "fold_every": 0, "lr": 3e-4, "synthesizer_lr": 1e-3},
+    "dni": {"synthesizer": "token-mlp", "fold_every": 3, "lr": 1e-3, "synthesizer_lr": 1e-4, "beta1": 0.9},
+    "cdni": {"synthesizer": "token-linear", "fold_every": 0, "lr": 3e-4, "synthesizer_lr": 1e-3, "beta1": 0.9},
 }
 
 

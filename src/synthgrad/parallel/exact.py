@@ -47,9 +47,11 @@ def boundary_shapes(full: nn.Sequential, example: torch.Tensor) -> list[tuple[in
 class ExactJob:
     """What the exact-gradient baselines share: the whole model, this rank's part of it and its Adam."""
 
-    def __init__(self, rt: Runtime, full: nn.Sequential, local: nn.Module, task: Task, lr: float) -> None:
+    def __init__(
+        self, rt: Runtime, full: nn.Sequential, local: nn.Module, task: Task, lr: float, beta1: float = 0.9
+    ) -> None:
         self.comm, self.full, self.local, self.task = rt, full, local, task
-        self.optimizer = adam(lr)(local.parameters())
+        self.optimizer = adam(lr, beta1)(local.parameters())
         self.x, self.y, self.loss_fn = task.train_x, task.train_y, task.loss_fn
         self.note = ""
 
@@ -87,8 +89,10 @@ class ExactJob:
 class ModelParallelJob(ExactJob):
     """Stage k of synchronous model-parallel backprop over the children `layers` of `full`."""
 
-    def __init__(self, rt: Runtime, full: nn.Sequential, layers: range, task: Task, lr: float) -> None:
-        super().__init__(rt, full, stage_module(full, layers), task, lr)
+    def __init__(
+        self, rt: Runtime, full: nn.Sequential, layers: range, task: Task, lr: float, beta1: float = 0.9
+    ) -> None:
+        super().__init__(rt, full, stage_module(full, layers), task, lr, beta1)
         self.first, self.last = rt.rank == 0, rt.rank == rt.world_size - 1
         self.in_shape = None if self.first else boundary_shapes(full, task.example)[layers.start - 1]
         self.note = f"stage {rt.rank}: layers {layers.start}..{layers.stop - 1}"
@@ -121,11 +125,13 @@ class DDPJob(ExactJob):
     averaged over ranks, the same lr (so samples/s compare with the other methods). Batch norm normalises each
     slice with its own statistics (no SyncBatchNorm), and DDP broadcasts rank 0's running statistics."""
 
-    def __init__(self, rt: Runtime, full: nn.Sequential, task: Task, lr: float, batch_size: int) -> None:
+    def __init__(
+        self, rt: Runtime, full: nn.Sequential, task: Task, lr: float, batch_size: int, beta1: float = 0.9
+    ) -> None:
         if batch_size % rt.world_size:
             raise ValueError(f"batch size {batch_size} is not a multiple of {rt.world_size} ranks")
         self.ddp = DistributedDataParallel(full)
-        super().__init__(rt, full, full, task, lr)
+        super().__init__(rt, full, full, task, lr, beta1)
         self.share = batch_size // rt.world_size
         self.note = f"{rt.world_size} replicas, {self.share} examples each per step"
 

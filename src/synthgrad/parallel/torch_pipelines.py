@@ -132,7 +132,7 @@ class TorchPipelineJob(ExactJob):
 
     def __init__(
         self, rt: Runtime, full: nn.Sequential, task: Task, lr: float, *, name: str, batch_size: int,
-        microbatches: int | None = None, per_rank: int | None = None,
+        microbatches: int | None = None, per_rank: int | None = None, beta1: float = 0.9,
     ) -> None:  # fmt: skip
         from torch.distributed import pipelining
 
@@ -144,7 +144,7 @@ class TorchPipelineJob(ExactJob):
         n = K * v
         blocks = split_layers(len(full), n)
         mine = placement(name, k, K, v)
-        super().__init__(rt, full, stage_modules(full, [blocks[s] for s in mine]), task, lr)
+        super().__init__(rt, full, stage_modules(full, [blocks[s] for s in mine]), task, lr, beta1)
         self.first, self.last = 0 in mine, n - 1 in mine  # the data enters at stage 0, the loss at stage n − 1
         shapes, micro = boundary_shapes(full, task.example), batch_size // mb
         stages = []

@@ -142,11 +142,11 @@ def make_job(pcfg: ParallelConfig, rt: Runtime, task: Task, ticks: int):
                         layers=list(blocks[rt.rank]))  # fmt: skip
     full = model_of(cfg, task.input_shape, task.num_classes)
     if kind is ScheduleKind.MODEL_PARALLEL:
-        return ModelParallelJob(rt, full, blocks[rt.rank], task, cfg.lr)
+        return ModelParallelJob(rt, full, blocks[rt.rank], task, cfg.lr, cfg.beta1)
     if kind is ScheduleKind.DDP:
-        return DDPJob(rt, full, task, cfg.lr, cfg.batch_size)
+        return DDPJob(rt, full, task, cfg.lr, cfg.batch_size, cfg.beta1)
     return TorchPipelineJob(rt, full, task, cfg.lr, name=kind.value, batch_size=cfg.batch_size,
-                            microbatches=pcfg.microbatches)  # fmt: skip
+                            microbatches=pcfg.microbatches, beta1=cfg.beta1)  # fmt: skip
 
 
 def _single(job: ChainJob, rt: Runtime) -> ChainJob:

@@ -57,7 +57,7 @@ def build_network(
         model,
         example_input(cfg, input_shape),
         loss_fn=loss_of(cfg),
-        lr=cfg.lr,
+        optimizer=adam(cfg.lr, cfg.beta1),
         cuts=[] if locked else module_cuts(cfg) if cuts is None else cuts,
         synthesizer=spec,
         context_dim=num_classes if cfg.method is Method.CDNI else 0,
@@ -81,5 +81,5 @@ def build_stale_network(
     gradient folded in when it arrives, through the weights that batch used ([Note: folding in true gradients]
     in stage.py): delayed backprop with weight stashing, PipeDream's asynchronous pipeline."""
     model = model_of(cfg, input_shape, num_classes)
-    return decouple(model, example_input(cfg, input_shape), loss_fn=loss_of(cfg), lr=cfg.lr, cuts=cuts,
-                    synthesizer=_no_synthesizer, seed=cfg.seed, rule=TrueGradient(every=1))  # fmt: skip
+    return decouple(model, example_input(cfg, input_shape), loss_fn=loss_of(cfg), optimizer=adam(cfg.lr, cfg.beta1),
+                    cuts=cuts, synthesizer=_no_synthesizer, seed=cfg.seed, rule=TrueGradient(every=1))  # fmt: skip
