@@ -1,6 +1,7 @@
 """Single-process time per training step of DNI and cDNI relative to backprop, measured side by side.
 
     python benchmarks/step_time.py --json runs/bench/step_time.json [--threads 2] [--rounds 7] [--quick]
+        [--models mnist_fcn4,mnist_fcn6]
 
 For each model, the methods are built from the same `TrainConfig` defaults the CLI uses, warmed up, then timed
 in interleaved rounds (backprop, DNI, cDNI, backprop, ...) so that drifts of this noisy machine hit every
@@ -84,11 +85,16 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=5, help="steps per timed round")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--quick", action="store_true", help="FCNs only, 3 rounds of 2 steps")
+    p.add_argument("--models", help=f"comma-separated subset of {', '.join(MODELS)} (default: all)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
     rounds, steps = (3, 2) if args.quick else (args.rounds, args.steps)
-    models = {k: v for k, v in MODELS.items() if not (args.quick and v.model == "cnn")}
+    chosen = args.models.split(",") if args.models else list(MODELS)
+    unknown = sorted(set(chosen) - set(MODELS))
+    if unknown:
+        p.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)}")
+    models = {k: v for k, v in MODELS.items() if k in chosen and not (args.quick and v.model == "cnn")}
     results = {name: bench_model(name, cfg, rounds, steps, args.batch_size) for name, cfg in models.items()}
     meta = {
         "machine": f"{platform.machine()} {platform.processor()}".strip(),

@@ -22,6 +22,7 @@ CASES = {
     "dni-update-p": {"fold_every": 2, "update_prob": 0.6, "lr": 1e-3},
     "cdni-unlock": {"context_dim": 3, "unlock": True, "lr": 1e-3},
     "synthesizer-lr": {"context_dim": 3, "lr": 1e-3, "synthesizer_optimizer": adam(3e-3)},
+    "zero-synthesizer": {"fold_every": 1, "lr": 1e-3, "synthesizer": lambda shape: None},  # steps without grads
 }
 
 
@@ -54,9 +55,8 @@ def test_batched_steps_equal_one_step_per_module(case: str) -> None:
     for _ in range(2):
         torch.manual_seed(2)  # the synthesizers' initialisation
         inputs = SynthesizerSpec(SynthesizerKind.MLP, (8,)) if options.get("unlock") else None
-        nets.append(
-            decouple(copy.deepcopy(model), data[0][0], synthesizer=spec, seed=3, input_synthesizer=inputs, **options)
-        )
+        options.setdefault("synthesizer", spec)
+        nets.append(decouple(copy.deepcopy(model), data[0][0], seed=3, input_synthesizer=inputs, **options))
     for x, y in data:
         context = one_hot_context(y, 3) if conditioned else None
         nets[0].train_step(x, y, context)

@@ -138,6 +138,8 @@ def _apply(queue: list[torch.optim.Optimizer]) -> None:
                     values.append(t)
     queue.clear()
     for (lr, (beta1, beta2), eps, weight_decay, decoupled), (params, grads, avgs, sqs, steps) in batches.items():
+        if not params:  # every parameter of these groups without a gradient (e.g. ĝ = 0): Adam skips them
+            continue
         with torch.no_grad():
             adam_update(
                 params,
