@@ -36,9 +36,16 @@ from synthgrad.training import build_network
 VOCAB = 50  # PTB characters
 VARIANTS = {
     "backprop": {"method": Method.BACKPROP},
-    "dni": {"method": Method.DNI},  # the default recipe
-    "cdni": {"method": Method.CDNI},  # the default recipe
-    "dni_fold1": {"method": Method.DNI, "fold_every": 1},
+    "dni": {"method": Method.DNI},  # the default recipe: token MLP, folding every batch
+    "cdni": {"method": Method.CDNI},  # the default recipe: token MLP reading the target, folding every batch
+    "dni_fold3": {"method": Method.DNI, "fold_every": 3},  # the default until commit 2b5e3c4
+    "cdni_unfolded": {  # cDNI's default until commit 2b5e3c4: token-linear, no folding, lr 3e-4
+        "method": Method.CDNI,
+        "fold_every": 0,
+        "synthesizer": SynthesizerKind.TOKEN_LINEAR,
+        "lr": 3e-4,
+        "synthesizer_lr": 1e-3,
+    },
     "dni_zero": {"method": Method.DNI, "synthesizer": SynthesizerKind.ZERO},  # folding alone: delayed gradients
     "dni_every_block": {"method": Method.DNI, "modules": 6},  # a cut after the embedding and every block
 }

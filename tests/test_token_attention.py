@@ -208,11 +208,13 @@ def test_learns_a_sum_over_later_positions_that_a_token_wise_map_cannot() -> Non
 
 
 # ---------------------------------------------------------------------------------------------- config and CLI
-def test_the_default_recipes_are_unchanged_and_the_kind_is_chosen_by_name() -> None:
+def test_the_default_recipes_and_the_kind_chosen_by_name() -> None:
+    """[Note: GPT recipe] in config.py: both methods a token MLP of width/4, folding every batch, lr 1e-3."""
     dni = from_dict({"model": "gpt", "method": "dni"}).validate().resolve()
     cdni = from_dict({"model": "gpt", "method": "cdni"}).validate().resolve()
-    assert (dni.synthesizer, dni.synthesizer_hidden) == (SynthesizerKind.TOKEN_MLP, (16,))
-    assert (cdni.synthesizer, cdni.synthesizer_hidden) == (SynthesizerKind.TOKEN_LINEAR, ())
+    for recipe in (dni, cdni):
+        assert (recipe.synthesizer, recipe.synthesizer_hidden) == (SynthesizerKind.TOKEN_MLP, (16,))
+        assert (recipe.fold_every, recipe.lr, recipe.synthesizer_lr, recipe.beta1) == (1, 1e-3, 1e-4, 0.9)
     cfg = from_dict({"model": "gpt", "method": "cdni", "synthesizer": "token-attention", "width": 32})
     cfg = cfg.validate().resolve()
     assert cfg.synthesizer is ATTENTION and cfg.synthesizer_hidden == (4,) and not cfg.synthesizer_spec().batch_norm
