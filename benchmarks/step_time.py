@@ -1,7 +1,7 @@
 """Single-process time per training step of DNI and cDNI relative to backprop, measured side by side.
 
     python benchmarks/step_time.py --json runs/bench/step_time.json [--threads 2] [--rounds 7] [--quick]
-        [--models mnist_fcn4,mnist_fcn6]
+        [--models mnist_fcn4,mnist_fcn6] [--width 1024]
 
 For each model, the methods are built from the same `TrainConfig` defaults the CLI uses, warmed up, then timed
 in interleaved rounds (backprop, DNI, cDNI, backprop, ...) so that drifts of this noisy machine hit every
@@ -86,6 +86,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--quick", action="store_true", help="FCNs only, 3 rounds of 2 steps")
     p.add_argument("--models", help=f"comma-separated subset of {', '.join(MODELS)} (default: all)")
+    p.add_argument("--width", type=int, help="every model's width (default: the paper's, `TrainConfig.resolve`)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
@@ -95,12 +96,15 @@ def main() -> None:
     if unknown:
         p.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)}")
     models = {k: v for k, v in MODELS.items() if k in chosen and not (args.quick and v.model == "cnn")}
+    if args.width:
+        models = {k: dataclasses.replace(v, width=args.width) for k, v in models.items()}
     results = {name: bench_model(name, cfg, rounds, steps, args.batch_size) for name, cfg in models.items()}
     meta = {
         "machine": f"{platform.machine()} {platform.processor()}".strip(),
         "threads": args.threads,
         "torch": torch.__version__,
         "batch_size": args.batch_size,
+        "width": args.width,
         "rounds": rounds,
         "steps_per_round": steps,
         "date": time.strftime("%Y-%m-%d"),

@@ -29,14 +29,12 @@ CASES = {
 def _state(net: nn.Module) -> list[torch.Tensor]:
     """Every weight, buffer, gradient and optimizer moment of the chain, in a fixed order."""
     out = [t.detach().clone() for t in net.state_dict().values()]
-    for module in net.modules():
-        for optimizer in [getattr(module, "optimizer", None)]:
-            if optimizer is None:
-                continue
-            for group in optimizer.param_groups:
-                for p in group["params"]:
-                    out.append(torch.zeros(0) if p.grad is None else p.grad.clone())
-                    out.extend(v.clone() for v in optimizer.state[p].values())
+    optimizers = [m.optimizer for m in net.modules() if getattr(m, "optimizer", None) is not None]
+    for optimizer in optimizers:
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                out.append(torch.zeros(0) if p.grad is None else p.grad.clone())
+                out.extend(v.clone() for v in optimizer.state[p].values())
     return out
 
 
@@ -47,15 +45,13 @@ def test_batched_steps_equal_one_step_per_module(case: str) -> None:
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(1)
     data = [(torch.randn(16, 1, 5, 5, generator=gen), torch.randint(0, 3, (16,), generator=gen)) for _ in range(10)]
-    options = dict(CASES[case])
+    options = {"synthesizer": SynthesizerSpec(SynthesizerKind.LOWRANK, (4,)), **CASES[case]}
     conditioned = options.get("context_dim", 0) > 0
-    spec = SynthesizerSpec(SynthesizerKind.LOWRANK, (4,))
     model = fcn((1, 5, 5), 3, layers=4, width=12)
     nets = []
     for _ in range(2):
         torch.manual_seed(2)  # the synthesizers' initialisation
         inputs = SynthesizerSpec(SynthesizerKind.MLP, (8,)) if options.get("unlock") else None
-        options.setdefault("synthesizer", spec)
         nets.append(decouple(copy.deepcopy(model), data[0][0], seed=3, input_synthesizer=inputs, **options))
     for x, y in data:
         context = one_hot_context(y, 3) if conditioned else None

@@ -122,7 +122,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--beta1",
         type=_real,
-        help="the modules' Adam β1 (default: the method's; 0.9 but for the GPT's decoupled recipes)",
+        help="the modules' Adam β1 (default 0.9; the synthesizers keep 0.9)",
     )
     g.add_argument("--seed", type=_seed)
     g = p.add_argument_group("running")

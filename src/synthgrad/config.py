@@ -223,10 +223,11 @@ class TrainConfig:
     def resolve(self) -> TrainConfig:
         """The config with every method-dependent default filled in; the reasons, measured in BENCHMARKS.md
         ("Recipe ablation"), are the comments below. Idempotent; call `validate` first."""
-        r = dataclasses.replace(self, width=self.width or _default_width(self.model, self.dataset))
+        width = self.width or _default_width(self.model, self.dataset)
+        beta1 = 0.9 if self.beta1 is None else self.beta1  # torch's; every recipe keeps it ([Note: GPT recipe])
+        r = dataclasses.replace(self, width=width, beta1=beta1)
         if r.model == "gpt":
             return _resolve_gpt(r)
-        r = dataclasses.replace(r, beta1=0.9 if r.beta1 is None else r.beta1)  # torch's; the FCN recipes use it
         if r.method is Method.BACKPROP:  # no synthesizer, nothing to fold
             return dataclasses.replace(r, fold_every=0, lr=r.lr or 1e-4)
         # DNI folds every 3rd batch's true gradient in: a synthesizer that cannot see the label cannot predict
@@ -284,8 +285,7 @@ def _resolve_gpt(r: TrainConfig) -> TrainConfig:
         eval_tokens=r.eval_tokens or (max(1, budget // 5) if budget else 2_000_000),
     )  # fmt: skip
     if r.method is Method.BACKPROP:
-        beta1 = 0.9 if r.beta1 is None else r.beta1
-        return dataclasses.replace(lm, modules=1, fold_every=0, lr=r.lr or GPT_RECIPE["backprop_lr"], beta1=beta1)
+        return dataclasses.replace(lm, modules=1, fold_every=0, lr=r.lr or GPT_RECIPE["backprop_lr"])
     recipe = GPT_RECIPE[r.method.value]
     kind = r.synthesizer or SynthesizerKind(recipe["synthesizer"])
     hidden = r.synthesizer_hidden
@@ -297,7 +297,7 @@ def _resolve_gpt(r: TrainConfig) -> TrainConfig:
     return dataclasses.replace(
         lm, modules=r.modules or 2, fold_every=recipe["fold_every"] if r.fold_every is None else r.fold_every,
         lr=r.lr or recipe["lr"], synthesizer_lr=r.synthesizer_lr or recipe["synthesizer_lr"], synthesizer=kind,
-        synthesizer_hidden=hidden, beta1=recipe["beta1"] if r.beta1 is None else r.beta1,
+        synthesizer_hidden=hidden,
     )  # fmt: skip
 
 
@@ -314,8 +314,8 @@ def _resolve_gpt(r: TrainConfig) -> TrainConfig:
 # price is one more backward pass of the modules below the cut per step (1.31-1.39× backprop per token).
 GPT_RECIPE: dict[str, Any] = {
     "backprop_lr": 1e-3,
-    "dni": {"synthesizer": "token-mlp", "fold_every": 1, "lr": 1e-3, "synthesizer_lr": 1e-4, "beta1": 0.9},
-    "cdni": {"synthesizer": "token-mlp", "fold_every": 1, "lr": 1e-3, "synthesizer_lr": 1e-4, "beta1": 0.9},
+    "dni": {"synthesizer": "token-mlp", "fold_every": 1, "lr": 1e-3, "synthesizer_lr": 1e-4},
+    "cdni": {"synthesizer": "token-mlp", "fold_every": 1, "lr": 1e-3, "synthesizer_lr": 1e-4},
 }
 
 

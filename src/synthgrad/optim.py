@@ -14,8 +14,7 @@ OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
 def adam(lr: float, beta1: float = 0.9) -> OptimizerFactory:
     """Adam (the paper's optimizer, PAPER.md §2) at `lr`, fused into one kernel per step; `beta1` is the decay of
-    its first moment (torch's 0.9 by default; the decoupled GPT's recipe uses less, [Note: late gradients and
-    momentum] in config.py).
+    its first moment (`--beta1`; torch's 0.9 by default, which every recipe keeps: [Note: GPT recipe] in config.py).
 
     The fused implementation is the same update; on CPU it is ~6× faster than the per-tensor loop (8.6 → 1.3 ms
     for 2.9M parameters, one thread), which matters when a stage's own work is what a pipeline divides.
