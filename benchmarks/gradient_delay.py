@@ -1,7 +1,7 @@
 """What one step of gradient delay costs the default GPT, in plain PyTorch (no synthgrad chain, no synthesizer).
 
     python benchmarks/gradient_delay.py --data-dir ../shared/data --json OUT [--delay 1] [--lower-beta1 0.5]
-        [--lower-lr-scale 1] [--beta1 0.9] [--warmup 0] [--max-tokens 6000000] [--seed 0]
+        [--lower-lr-scale 1] [--beta1 0.9] [--warmup 0] [--cosine 0.1] [--lower 3] [--max-tokens 6000000] [--seed 0]
 
 The model, data order and budget of `synthgrad train --model gpt` (4 blocks of width 64, 4 heads, windows of 64,
 batch 32, Adam 1e-3, 6M tokens); the parameters below the middle cut (embedding, blocks 0 and 1) are updated with
@@ -9,7 +9,9 @@ their gradient of `--delay` steps earlier (computed at the weights that batch sa
 the current one. This is what folding every batch with a zero synthesizer does ([Note: folding in true gradients]
 in stage.py), written out independently, so the cost of the delay can be told apart from anything synthgrad adds.
 `--lower-beta1` / `--lower-lr-scale` give the delayed half its own Adam β1 / learning rate; `--warmup N` ramps
-every learning rate linearly over the first N steps. Prints and records the validation BPC at every fifth of the
+every learning rate linearly over the first N steps; `--cosine F` decays every learning rate along a half cosine
+to F times itself by the end of the budget; `--lower K` delays the model's first K children instead of the
+middle cut's 3 (1: the embedding alone). Prints and records the validation BPC at every fifth of the
 budget. One thread.
 """
 
@@ -40,16 +42,31 @@ def main() -> None:
     p.add_argument("--lower-beta1", type=float, help="β1 of the delayed half (default: --beta1)")
     p.add_argument("--lower-lr-scale", type=float, default=1.0, help="the delayed half's lr ÷ --lr")
     p.add_argument("--warmup", type=int, default=0, help="steps of linear lr warm-up (0: none)")
+    p.add_argument(
+        "--cosine",
+        type=float,
+        help="decay every lr along a half cosine to this fraction of it by the end of the budget (default: constant)",
+    )
+    p.add_argument(
+        "--lower",
+        type=int,
+        default=3,
+        help="how many of the model's children are delayed (default 3: the embedding and blocks 0, 1, the middle cut)",
+    )
     p.add_argument("--max-tokens", type=int, default=6_000_000)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
+    if not 1 <= args.lower <= 5:
+        p.error(f"--lower must be in 1..5 (the model's 6 children: embedding, 4 blocks, head), got {args.lower}")
+    if args.cosine is not None and not 0 <= args.cosine <= 1:
+        p.error(f"--cosine must be in [0, 1], got {args.cosine}")
     torch.set_num_threads(1)
     torch.set_flush_denormal(True)
     torch.manual_seed(args.seed)
     corpus = load_ptb("ptb-char", args.data_dir)
     windows = SplitWindows.from_corpus(corpus, 64)
     model = gpt(GPTConfig(vocab_size=corpus.vocab_size, layers=4, width=64, heads=4, context=64))
-    lower, upper = list(model[:3].parameters()), list(model[3:].parameters())  # embedding + blocks 0, 1 | the rest
+    lower, upper = list(model[: args.lower].parameters()), list(model[args.lower :].parameters())
     lower_beta1 = args.beta1 if args.lower_beta1 is None else args.lower_beta1
     groups = [
         {
@@ -74,9 +91,12 @@ def main() -> None:
             old = late.popleft() if len(late) > args.delay else None
             for q, g in zip(lower, old or [torch.zeros_like(q) for q in lower], strict=True):
                 q.grad.copy_(g)
-        if args.warmup:
+        if args.warmup or args.cosine is not None:
+            factor = min(1.0, (step + 1) / args.warmup) if args.warmup else 1.0
+            if args.cosine is not None:
+                factor *= args.cosine + (1 - args.cosine) * 0.5 * (1 + math.cos(math.pi * step / steps))
             for group in optimizer.param_groups:
-                group["lr"] = args.lr * group["scale"] * min(1.0, (step + 1) / args.warmup)
+                group["lr"] = args.lr * group["scale"] * factor
         optimizer.step()
         if (step + 1) % every == 0 or step == steps - 1:
             bpc = split_loss(model, windows.valid) / math.log(2)

@@ -69,7 +69,7 @@ def test_gradient_delay_runs_a_few_steps(tmp_path) -> None:
         pytest.skip("Penn Treebank not found: set SYNTHGRAD_DATA_DIR or put ../shared/data beside the checkout")
     out = tmp_path / "delay.json"
     r = bench("benchmarks/gradient_delay.py", "--data-dir", data, "--json", out, "--max-tokens", 4096,
-              "--lower-beta1", 0.5, "--warmup", 2)  # fmt: skip
+              "--lower-beta1", 0.5, "--warmup", 2, "--cosine", 0.1, "--lower", 2)  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     curve = json.loads(out.read_text())["curve"]
     assert [c["step"] for c in curve] == [1, 2] and all(3 < c["valid_bpc"] < 7 for c in curve), curve

@@ -166,3 +166,27 @@ def test_lowrank_label_path_is_full_rank() -> None:
         m.out.bias.zero_()
         jac = torch.func.jacrev(lambda h: m(h[None], torch.zeros(1, 10))[0])(torch.randn(32))
     assert torch.linalg.matrix_rank(jac).item() == 1
+
+
+@pytest.mark.parametrize("context_dim", [0, 4])
+@pytest.mark.parametrize("shape", [(7,), (2, 3, 3)])
+def test_lowrank_closed_form_fit_is_the_autograd_gradient(context_dim, shape) -> None:
+    """[Note: closed-form fit]: `accumulate_fit` adds to `.grad` exactly what `synthesizer_loss(...).backward()`
+    would, with random (not zero-initialised) weights, on top of a gradient already there, and returns the loss."""
+    torch.manual_seed(0)
+    m = LowRankSynthesizer(shape, rank=3, context_dim=context_dim)
+    for p in m.parameters():
+        nn.init.normal_(p)
+    h, target = torch.randn(5, *shape, dtype=torch.float64), torch.randn(5, *shape, dtype=torch.float64)
+    context = one_hot_context(torch.tensor([0, 1, 3, 3, 2]), 4, torch.float64) if context_dim else None
+    m = m.double()
+    loss = synthesizer_loss(m(h, context), target)
+    expected = [g.clone() for g in torch.autograd.grad(loss, list(m.parameters()))]
+    before = [torch.randn_like(p) for p in m.parameters()]
+    for p, g in zip(m.parameters(), before, strict=True):
+        p.grad = g.clone()
+    with torch.no_grad():
+        got = m.accumulate_fit(h, context, m(h, context), target)
+    torch.testing.assert_close(got, loss.detach())
+    for p, g0, g in zip(m.parameters(), before, expected, strict=True):
+        torch.testing.assert_close(p.grad, g0 + g)

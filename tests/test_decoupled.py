@@ -260,3 +260,37 @@ def test_invalid_construction() -> None:
             loss_fn=F.cross_entropy,
             optimizer=lambda p: torch.optim.SGD(p, lr=0.1),
         )
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"context_dim": 3}, {"fold_every": 2}, {"context_dim": 3, "update_prob": 0.6}, {"target_every": 2}],
+    ids=["cdni", "dni-fold2", "cdni-update-p", "sparse-targets"],
+)
+def test_closed_form_fit_trains_the_chain_as_autograd_does(options: dict, monkeypatch) -> None:
+    """[Note: closed-form fit]: ten float64 steps of a chain whose low-rank synthesizers fit in closed form and of
+    the same chain made to fit them through autograd end with the same weights and Adam moments."""
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(1)
+    data = [(torch.randn(16, 1, 5, 5, generator=gen).double(), torch.randint(0, 3, (16,), generator=gen))
+            for _ in range(10)]  # fmt: skip
+    model = fcn((1, 5, 5), 3, layers=4, width=12).double()
+    nets = []
+    for closed in (True, False):
+        torch.manual_seed(2)
+        net = decouple(copy.deepcopy(model), data[0][0], seed=3, lr=1e-3,
+                       synthesizer=SynthesizerSpec(SynthesizerKind.LOWRANK, (4,)), **options).double()  # fmt: skip
+        assert net.stages[0].interface.closed_form
+        with monkeypatch.context() as patch:
+            if not closed:
+                patch.setattr(interface_mod.Interface, "closed_form", property(lambda self: False))
+            for x, y in data:
+                net.train_step(x, y, one_hot_context(y, 3, torch.float64) if "context_dim" in options else None)
+        nets.append(net)
+    for a, b in zip(nets[0].state_dict().values(), nets[1].state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    synth_moments = [
+        [s.interface.optimizer.state[p]["exp_avg"] for p in s.interface.synthesizer.parameters()]
+        for net in nets for s in net.stages[:1]
+    ]  # fmt: skip
+    torch.testing.assert_close(synth_moments[0], synth_moments[1], rtol=1e-9, atol=1e-12)

@@ -30,6 +30,7 @@ the stale-gradient pipeline (PipeDream's weight stashing) DNI is measured agains
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -142,11 +143,44 @@ class Interface(nn.Module):
         """Whether this interface predicts exactly zero (no synthesizer)."""
         return self.synthesizer is None
 
-    def predict(self, h: Tensor, context: Tensor | None = None) -> Tensor:
-        """ĝ = M(h, c) with graph to M's parameters (detach `h` first: M must not reach the module)."""
+    @property
+    def closed_form(self) -> bool:
+        """Whether `fit` writes M's gradient out ([Note: closed-form fit] in synthesizers/flat.py), so that the
+        predictions it regresses need no graph."""
+        synth = self.synthesizer
+        return hasattr(synth, "accumulate_fit") and all(p.requires_grad for p in synth.parameters())
+
+    def predict(self, h: Tensor, context: Tensor | None = None, *, graph: bool = True) -> Tensor:
+        """ĝ = M(h, c), with graph to M's parameters unless `graph` is False (detach `h` first: M must not reach
+        the module)."""
         if self.synthesizer is None:
             return torch.zeros_like(h)
-        return self.synthesizer(h, context)
+        with contextlib.nullcontext() if graph else torch.no_grad():
+            return self.synthesizer(h, context)
+
+    def fit(
+        self,
+        h: Tensor,
+        context: Tensor | None,
+        target: Tensor,
+        update: bool = True,
+        *,
+        prediction: Tensor | None = None,
+        cosine: bool = False,
+    ) -> tuple[float, float]:
+        """Regress M(h, c) onto `target` and step M if `update`, as `regress`; `prediction` is M(h, c) if it was
+        made already (by `predict`, with graph unless `closed_form`), since M last stepped."""
+        if not self.closed_form:
+            return self.regress(self.predict(h, context) if prediction is None else prediction, target, update,
+                                cosine=cosine)  # fmt: skip
+        with torch.no_grad():
+            if prediction is None:
+                prediction = self.synthesizer(h, context)
+            loss = self.synthesizer.accumulate_fit(h, context, prediction, target)
+        step_and_clear(self.optimizer, update)
+        self.updates += int(update)
+        cos = batch_cosine(prediction, target).item() if cosine else float("nan")
+        return loss.item(), cos
 
     def regress(
         self, prediction: Tensor, target: Tensor, update: bool = True, *, cosine: bool = False

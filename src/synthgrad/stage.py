@@ -165,6 +165,7 @@ class Stage(nn.Module):
         sends = carries and self.rule.targets(self.steps)  # [Note: sparse targets] in interface.py
         inp = source.detach().requires_grad_(self.index > 0 and (keep or sends))
         below = inp if inp.requires_grad else None
+        h = None  # the detached output M_i reads for a bootstrapped target
         with frozen_buffers(self.block) if synthetic_input else contextlib.nullcontext():
             with stashed_weights(self.block) if keep and not self.top else contextlib.nullcontext() as weights:
                 out = self.block(inp)  # the buffers stay frozen until after backward, which reads them
@@ -172,7 +173,9 @@ class Stage(nn.Module):
                 loss = self.loss_fn(out, target)
                 result = StepResult(out, backward_through(loss, None, below), loss=loss.item())
             elif carries:  # bootstrap: the backward pass of ĝ also yields the target of the cut below
-                synthetic = self.interface.predict(out.detach(), context)  # (B, *h.shape), graph to M_i
+                closed = self.interface.closed_form  # else its fit reuses this prediction's graph to M_i
+                h = out.detach()  # the one tensor M_i reads now and at its fit, which may reuse what it computed
+                synthetic = self.interface.predict(h, context, graph=not closed)  # (B, *h.shape)
                 down = backward_through(out, to_module_grad(synthetic.detach()), below)
                 result = StepResult(out, down, synthetic)
             else:
@@ -184,8 +187,9 @@ class Stage(nn.Module):
         if not self.top:
             awaited = carries and self.rule.targets(self.steps)  # the stage above sends this step's target
             prediction = result.synthetic if awaited else None
-            h = out.detach() if awaited else None
-            self.pending.append(_Pending(self.steps, update, h, context, prediction, self.interface.updates))
+            self.pending.append(
+                _Pending(self.steps, update, h if awaited else None, context, prediction, self.interface.updates)
+            )
         self.steps += 1
         return result
 
@@ -237,12 +241,10 @@ class Stage(nn.Module):
                 return float("nan"), float("nan")
             flight = next(f for f in self.flights if f.true is None)
             flight.true = message
-            prediction = self.interface.predict(flight.output.detach(), flight.context)
-            return self.interface.regress(prediction, message, p.update, cosine=cosine)
-        prediction = p.prediction
-        if prediction is None or p.version != self.interface.updates:  # M_i has stepped since
-            prediction = self.interface.predict(p.h, p.context)
-        return self.interface.regress(prediction, message, p.update, cosine=cosine)
+            return self.interface.fit(flight.output.detach(), flight.context, message, p.update, cosine=cosine)
+        fresh = p.version == self.interface.updates  # else M_i has stepped since the prediction: predict anew
+        prediction = p.prediction if fresh else None
+        return self.interface.fit(p.h, p.context, message, p.update, prediction=prediction, cosine=cosine)
 
     def awaits_true_gradient(self) -> int:
         """Folded batches whose true gradient has not arrived yet."""

@@ -76,10 +76,63 @@ class LowRankSynthesizer(Synthesizer):
         self.label = zero_init_(nn.Linear(context_dim, numel(self.out_shape), bias=False)) if context_dim else None
 
     def _predict(self, source: Tensor, context: Tensor | None) -> Tensor:
-        y = self.out(self.down(source.flatten(1)))  # (B, out)
+        z = self.down(source.flatten(1))  # V·h (B, rank)
+        if not z.requires_grad:  # kept for `accumulate_fit` of the same source and V
+            self._bottleneck = (source, self.down.weight._version, z)
+        y = self.out(z)  # (B, out)
         if context is not None:
             y = y + self.label(context.to(y.dtype))  # (B, C) -> (B, out): one learned vector per label
         return y.view(source.shape[0], *self.out_shape)  # (B, *out_shape)
+
+    def accumulate_fit(self, source: Tensor, context: Tensor | None, prediction: Tensor, target: Tensor) -> Tensor:
+        """The gradient of `synthesizer_loss(self(source, context), target)` added to every parameter's `.grad`,
+        written out ([Note: closed-form fit]); `prediction` is that output (no graph needed). Returns the loss."""
+        context = context if self.context_dim else None  # as `forward` reads it
+        b = source.shape[0]
+        h = source.flatten(1)  # (B, in)
+        diff = prediction.reshape(b, -1) - target.reshape(b, -1)  # (B, out), a new tensor
+        loss = torch.dot(diff.view(-1), diff.view(-1)) / b  # (1/B) Σ_b ‖ĝ_b − g_b‖²
+        grad = diff.mul_(2.0 / b)  # ∂loss/∂ĝ (B, out)
+        z = self._bottleneck_of(source)  # V·h (B, rank), as the forward pass computed it
+        _add_grad(self.out.weight, grad.t(), z)  # U: (out, rank)
+        _add_grad(self.down.weight, (grad @ self.out.weight).t(), h)  # V: (rank, in), through U
+        bias = self.out.bias
+        if bias.grad is None:
+            bias.grad = grad.sum(0)
+        else:
+            bias.grad.add_(grad.sum(0))
+        if context is not None:
+            _add_grad(self.label.weight, grad.t(), context.to(grad.dtype))  # W: (out, C)
+        return loss
+
+    def _bottleneck_of(self, source: Tensor) -> Tensor:
+        """V·h of `source`: the one the last prediction without graph computed, if it read this very tensor with
+        the same V (its version counter has not moved), else computed anew."""
+        kept = getattr(self, "_bottleneck", None)
+        if kept is not None and kept[0] is source and kept[1] == self.down.weight._version:
+            return kept[2]
+        return source.flatten(1) @ self.down.weight.t()
+
+
+def _add_grad(param: nn.Parameter, a: Tensor, b: Tensor) -> None:
+    """param.grad += a @ b, as autograd would accumulate it (a fresh `.grad` is the product itself)."""
+    if param.grad is None:
+        param.grad = a @ b
+    else:
+        param.grad.addmm_(a, b)
+
+
+# [Note: closed-form fit]
+#     A low-rank synthesizer's regression step is a handful of small matrix products; through autograd it is some
+#     thirty operations (the loss's subtraction, power, sum and mean and their backward, the three linear layers'
+#     transposes, views and accumulations) and one more engine call per cut and step. `accumulate_fit` writes the
+#     gradient out: with ĝ = U·V·h + W·c + b and L = (1/B) Σ_b ‖ĝ_b − g_b‖², G = ∂L/∂ĝ = (2/B)(ĝ − g) and
+#         ∂L/∂U = Gᵀ(V·h),  ∂L/∂V = (G·U)ᵀ h,  ∂L/∂W = Gᵀ c,  ∂L/∂b = Σ_b G_b,
+#     which is what autograd computes (tests/test_core.py, and tests/test_decoupled.py for a whole chain). V·h is
+#     the one the prediction computed when the fit reads the same tensor with V unchanged (`_bottleneck_of`).
+#     `Interface.fit` takes this path whenever the synthesizer offers it and every parameter trains; the prediction
+#     then needs no graph. Measured (BENCHMARKS.md, "The closed-form fit"): cDNI's step 1-9 % shorter, DNI's within
+#     this machine's noise; the rest of their cost over backprop is the synthesizers' and the fold's arithmetic.
 
 
 # [Note: label path]
