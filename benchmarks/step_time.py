@@ -1,7 +1,7 @@
 """Single-process time per training step of DNI and cDNI relative to backprop, measured side by side.
 
     python benchmarks/step_time.py --json runs/bench/step_time.json [--threads 2] [--rounds 7] [--quick]
-        [--models mnist_fcn4,mnist_fcn6] [--width 1024]
+        [--models mnist_fcn4,mnist_fcn6] [--width 1024] [--variants dni,dni_autograd,cdni,cdni_autograd]
 
 For each model, the methods are built from the same `TrainConfig` defaults the CLI uses, warmed up, then timed
 in interleaved rounds (backprop, DNI, cDNI, backprop, ...) so that drifts of this noisy machine hit every
@@ -40,8 +40,11 @@ VARIANTS = {
     "dni_paper": paper_recipe(Method.DNI),  # the paper's: MLP 2x1024 synthesizers, no folding
     "cdni_paper": paper_recipe(Method.CDNI),  # the paper's: linear synthesizers
     "cdni_unlock": {"method": Method.CDNI, "unlock": "full"},
+    "dni_autograd": {"method": Method.DNI},  # the default recipes with the synthesizers fitted through autograd
+    "cdni_autograd": {"method": Method.CDNI},  # instead of in closed form ([Note: closed-form fit])
 }
-FCN_ONLY = {"dni_paper", "cdni_paper", "cdni_unlock", "dni_fold1", "dni_fold2", "dni_fold4"}
+FCN_ONLY = {"dni_paper", "cdni_paper", "cdni_unlock", "dni_fold1", "dni_fold2", "dni_fold4", "dni_autograd",
+            "cdni_autograd"}  # fmt: skip
 
 
 def time_steps(net, x, y, context, steps: int) -> float:
@@ -51,16 +54,18 @@ def time_steps(net, x, y, context, steps: int) -> float:
     return (time.perf_counter() - t0) / steps
 
 
-def bench_model(name: str, base: TrainConfig, rounds: int, steps: int, batch: int) -> dict:
+def bench_model(name: str, base: TrainConfig, rounds: int, steps: int, batch: int, variants: list[str]) -> dict:
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(batch, 1, 28, 28, generator=gen)
     y = torch.randint(0, 10, (batch,), generator=gen)
     nets = {}
     for variant, overrides in VARIANTS.items():
-        if base.model == "cnn" and variant in FCN_ONLY:
+        if variant not in variants or base.model == "cnn" and variant in FCN_ONLY:
             continue
         cfg = dataclasses.replace(base, **overrides).resolve()
         net = build_network(cfg, (1, 28, 28), 10)
+        for stage in net.stages[:-1]:
+            stage.interface.allow_closed_form = not variant.endswith("_autograd")
         ctx = one_hot_context(y, 10) if cfg.method is Method.CDNI else None
         time_steps(net, x, y, ctx, 3)  # warm-up: allocator, first-touch, Adam state
         nets[variant] = (net, ctx)
@@ -87,6 +92,8 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="FCNs only, 3 rounds of 2 steps")
     p.add_argument("--models", help=f"comma-separated subset of {', '.join(MODELS)} (default: all)")
     p.add_argument("--width", type=int, help="every model's width (default: the paper's, `TrainConfig.resolve`)")
+    p.add_argument("--variants", help=f"comma-separated subset of {', '.join(VARIANTS)} (default: all; backprop is "
+                   "always timed, the ratios' reference)")  # fmt: skip
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
@@ -95,10 +102,14 @@ def main() -> None:
     unknown = sorted(set(chosen) - set(MODELS))
     if unknown:
         p.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)}")
+    variants = ["backprop", *(args.variants.split(",") if args.variants else VARIANTS)]
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        p.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     models = {k: v for k, v in MODELS.items() if k in chosen and not (args.quick and v.model == "cnn")}
     if args.width:
         models = {k: dataclasses.replace(v, width=args.width) for k, v in models.items()}
-    results = {name: bench_model(name, cfg, rounds, steps, args.batch_size) for name, cfg in models.items()}
+    results = {name: bench_model(name, cfg, rounds, steps, args.batch_size, variants) for name, cfg in models.items()}
     meta = {
         "machine": f"{platform.machine()} {platform.processor()}".strip(),
         "threads": args.threads,

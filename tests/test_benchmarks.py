@@ -73,3 +73,15 @@ def test_gradient_delay_runs_a_few_steps(tmp_path) -> None:
     assert r.returncode == 0, r.stderr[-3000:]
     curve = json.loads(out.read_text())["curve"]
     assert [c["step"] for c in curve] == [1, 2] and all(3 < c["valid_bpc"] < 7 for c in curve), curve
+
+
+def test_step_time_times_the_closed_form_against_autograd(tmp_path) -> None:
+    """`step_time.py --variants` times a chosen subset beside backprop; the `_autograd` variants turn the closed-form
+    fit off ([Note: closed-form fit]), and an unknown variant is refused by name."""
+    out = tmp_path / "st.json"
+    r = bench("benchmarks/step_time.py", "--quick", "--models", "mnist_fcn4", "--variants", "cdni,cdni_autograd",
+              "--json", out)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert set(json.loads(out.read_text())["results"]["mnist_fcn4"]) == {"backprop", "cdni", "cdni_autograd"}
+    r = bench("benchmarks/step_time.py", "--quick", "--variants", "cdni,nope", "--json", out)
+    assert r.returncode == 2 and "unknown variant(s) nope" in r.stderr

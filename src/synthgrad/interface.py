@@ -137,6 +137,7 @@ class Interface(nn.Module):
         self.optimizer = optimizer_or_none(params, optimizer) if optimizer is not None else None
         self.rule = rule
         self.updates = 0  # optimizer steps of M so far: a prediction made before the last one is stale
+        self.allow_closed_form = True  # False: fit through autograd even where M offers a closed form (benchmarks)
 
     @property
     def zero(self) -> bool:
@@ -148,7 +149,8 @@ class Interface(nn.Module):
         """Whether `fit` writes M's gradient out ([Note: closed-form fit] in synthesizers/flat.py), so that the
         predictions it regresses need no graph."""
         synth = self.synthesizer
-        return hasattr(synth, "accumulate_fit") and all(p.requires_grad for p in synth.parameters())
+        offered = self.allow_closed_form and hasattr(synth, "accumulate_fit")
+        return offered and all(p.requires_grad for p in synth.parameters())
 
     def predict(self, h: Tensor, context: Tensor | None = None, *, graph: bool = True) -> Tensor:
         """ĝ = M(h, c), with graph to M's parameters unless `graph` is False (detach `h` first: M must not reach

@@ -131,8 +131,8 @@ def _add_grad(param: nn.Parameter, a: Tensor, b: Tensor) -> None:
 #     which is what autograd computes (tests/test_core.py, and tests/test_decoupled.py for a whole chain). V·h is
 #     the one the prediction computed when the fit reads the same tensor with V unchanged (`_bottleneck_of`).
 #     `Interface.fit` takes this path whenever the synthesizer offers it and every parameter trains; the prediction
-#     then needs no graph. Measured (BENCHMARKS.md, "The closed-form fit"): cDNI's step 1-9 % shorter, DNI's within
-#     this machine's noise; the rest of their cost over backprop is the synthesizers' and the fold's arithmetic.
+#     then needs no graph. Measured (BENCHMARKS.md, "The closed-form fit"): on the 4-layer MNIST FCN cDNI's step
+#     is 7-9 % shorter, DNI's (which fits on folded batches only) 1-6 %.
 
 
 # [Note: label path]
