@@ -29,6 +29,8 @@ here, so that the feed-forward network, the recurrent core and the parallel runt
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -80,6 +82,16 @@ def backward_through(output: Tensor, grad_output: Tensor | None, module_input: T
         return None
     assert module_input.grad is not None, "module input is not part of the graph that produced output"
     return to_synthesizer_units(module_input.grad)
+
+
+def accumulate_grads(params: Sequence[Tensor], grads: Sequence[Tensor], alpha: float = 1.0) -> None:
+    """p.grad += alpha·g for each pair, as autograd would accumulate it (a fresh `.grad` is a copy)."""
+    with torch.no_grad():
+        for p, g in zip(params, grads, strict=True):
+            if p.grad is None:
+                p.grad = g * alpha
+            else:
+                p.grad.add_(g, alpha=alpha)
 
 
 def batch_cosine(a: Tensor, b: Tensor, eps: float = 1e-12) -> Tensor:

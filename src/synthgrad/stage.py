@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from synthgrad.core import backward_through, to_module_grad, to_synthesizer_units
+from synthgrad.core import accumulate_grads, backward_through, to_module_grad, to_synthesizer_units
 from synthgrad.interface import Bootstrap, InputInterface, Interface, TargetRule
 from synthgrad.optim import OptimizerFactory, optimizer_or_none, step_and_clear
 from synthgrad.stash import frozen_buffers, rebuild, stashed_weights
@@ -87,16 +87,6 @@ class _Flight:
     context: Tensor | None
     applied: list[Tensor] = field(default_factory=list)  # the weight gradient of ĝ_i applied (per parameter)
     true: Tensor | None = None  # g_{i,s} (synthesizer units), once it has arrived from above
-
-
-def _accumulate(params: Sequence[nn.Parameter], grads: Sequence[Tensor], alpha: float = 1.0) -> None:
-    """p.grad += alpha·g for each pair, as autograd would accumulate it (a fresh `.grad` is a copy)."""
-    with torch.no_grad():
-        for p, g in zip(params, grads, strict=True):
-            if p.grad is None:
-                p.grad = g * alpha
-            else:
-                p.grad.add_(g, alpha=alpha)
 
 
 class Stage(nn.Module):
@@ -207,7 +197,7 @@ class Stage(nn.Module):
             if params and not zero:
                 grad = to_module_grad(flight.synthetic)
                 flight.applied = list(torch.autograd.grad(flight.output, params, grad, retain_graph=True))
-                _accumulate(params, flight.applied)
+                accumulate_grads(params, flight.applied)
             self.flights.append(flight)
         elif not zero:
             outputs.append(flight.output)
@@ -222,7 +212,7 @@ class Stage(nn.Module):
         if old is None:
             return None
         if old.applied:
-            _accumulate(params, old.applied, alpha=-1.0)
+            accumulate_grads(params, old.applied, alpha=-1.0)
         if self.index == 0:
             return None
         true_below, old.leaf.grad = old.leaf.grad, None

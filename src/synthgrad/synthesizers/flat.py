@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from synthgrad.core import accumulate_grads
 from synthgrad.synthesizers.base import Synthesizer, numel, zero_init_
 
 
@@ -94,15 +95,12 @@ class LowRankSynthesizer(Synthesizer):
         loss = torch.dot(diff.view(-1), diff.view(-1)) / b  # (1/B) Σ_b ‖ĝ_b − g_b‖²
         grad = diff.mul_(2.0 / b)  # ∂loss/∂ĝ (B, out)
         z = self._bottleneck_of(source)  # V·h (B, rank), as the forward pass computed it
-        _add_grad(self.out.weight, grad.t(), z)  # U: (out, rank)
-        _add_grad(self.down.weight, (grad @ self.out.weight).t(), h)  # V: (rank, in), through U
-        bias = self.out.bias
-        if bias.grad is None:
-            bias.grad = grad.sum(0)
-        else:
-            bias.grad.add_(grad.sum(0))
+        params = [self.out.weight, self.down.weight, self.out.bias]  # U: (out, rank), V: (rank, in), b: (out,)
+        grads = [grad.t() @ z, (grad @ self.out.weight).t() @ h, grad.sum(0)]  # V's through U
         if context is not None:
-            _add_grad(self.label.weight, grad.t(), context.to(grad.dtype))  # W: (out, C)
+            params.append(self.label.weight)  # W: (out, C)
+            grads.append(grad.t() @ context.to(grad.dtype))
+        accumulate_grads(params, grads)
         return loss
 
     def _bottleneck_of(self, source: Tensor) -> Tensor:
@@ -112,14 +110,6 @@ class LowRankSynthesizer(Synthesizer):
         if kept is not None and kept[0] is source and kept[1] == self.down.weight._version:
             return kept[2]
         return source.flatten(1) @ self.down.weight.t()
-
-
-def _add_grad(param: nn.Parameter, a: Tensor, b: Tensor) -> None:
-    """param.grad += a @ b, as autograd would accumulate it (a fresh `.grad` is the product itself)."""
-    if param.grad is None:
-        param.grad = a @ b
-    else:
-        param.grad.addmm_(a, b)
 
 
 # [Note: closed-form fit]
