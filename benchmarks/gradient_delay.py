@@ -1,7 +1,8 @@
 """What one step of gradient delay costs the default GPT, in plain PyTorch (no synthgrad chain, no synthesizer).
 
     python benchmarks/gradient_delay.py --data-dir ../shared/data --json OUT [--delay 1] [--lower-beta1 0.5]
-        [--lower-lr-scale 1] [--beta1 0.9] [--warmup 0] [--cosine 0.1] [--lower 3] [--max-tokens 6000000] [--seed 0]
+        [--lower-lr-scale 1] [--beta1 0.9] [--warmup 0] [--cosine 0.1] [--lower 3] [--predict] [--compensate 0]
+        [--max-tokens 6000000] [--seed 0]
 
 The model, data order and budget of `synthgrad train --model gpt` (4 blocks of width 64, 4 heads, windows of 64,
 batch 32, Adam 1e-3, 6M tokens); the parameters below the middle cut (embedding, blocks 0 and 1) are updated with
@@ -11,7 +12,10 @@ in stage.py), written out independently, so the cost of the delay can be told ap
 `--lower-beta1` / `--lower-lr-scale` give the delayed half its own Adam β1 / learning rate; `--warmup N` ramps
 every learning rate linearly over the first N steps; `--cosine F` decays every learning rate along a half cosine
 to F times itself by the end of the budget; `--lower K` delays the model's first K children instead of the
-middle cut's 3 (1: the embedding alone). Prints and records the validation BPC at every fifth of the
+middle cut's 3 (1: the embedding alone). `--predict` runs each batch at the delayed half's weights extrapolated
+`--delay` steps along its last update, w_t + d (w_t − w_{t−1}), where its gradient will be applied (weight
+prediction, as in SpecTrain and XPipe), and puts w_t back before the update; `--compensate λ` adds DC-ASGD's
+λ g⊙g⊙(w_now − w_then) to each delayed gradient. Prints and records the validation BPC at every fifth of the
 budget. One thread.
 """
 
@@ -53,6 +57,18 @@ def main() -> None:
         default=3,
         help="how many of the model's children are delayed (default 3: the embedding and blocks 0, 1, the middle cut)",
     )
+    p.add_argument(
+        "--predict",
+        action="store_true",
+        help="weight prediction: run each batch at the delayed half's weights extrapolated --delay steps ahead along"
+        " its last update (where its gradient will be applied), then restore them",
+    )
+    p.add_argument(
+        "--compensate",
+        type=float,
+        default=0.0,
+        help="delay compensation (DC-ASGD): add λ g⊙g⊙(w_now − w_then) to the delayed gradient g",
+    )
     p.add_argument("--max-tokens", type=int, default=6_000_000)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
@@ -79,18 +95,36 @@ def main() -> None:
     ]
     optimizer = torch.optim.Adam(groups, lr=args.lr, fused=True)
     late: collections.deque[list[torch.Tensor]] = collections.deque()
+    snapshots: collections.deque[list[torch.Tensor] | None] = collections.deque()  # the weights each batch saw
     steps = args.max_tokens // (32 * 64)
     every = max(1, steps // 5)
     curve, start = [], time.perf_counter()
+    previous = [q.detach().clone() for q in lower]  # the delayed half before the last update
     for step in range(steps):
         x, y = windows.train.train_batch(step, 32, args.seed)
         optimizer.zero_grad(set_to_none=False)
+        now = [q.detach().clone() for q in lower] if args.predict or args.compensate else None
+        if args.predict and args.delay:
+            with torch.no_grad():
+                for q, w, w0 in zip(lower, now, previous, strict=True):
+                    q.add_(w - w0, alpha=args.delay)
         lm_loss(model(x), y).backward()
+        if args.predict and args.delay:
+            with torch.no_grad():
+                for q, w in zip(lower, now, strict=True):
+                    q.copy_(w)
         if args.delay:
             late.append([q.grad.clone() for q in lower])
+            snapshots.append(now)
             old = late.popleft() if len(late) > args.delay else None
+            then = snapshots.popleft() if len(snapshots) > args.delay else None
             for q, g in zip(lower, old or [torch.zeros_like(q) for q in lower], strict=True):
                 q.grad.copy_(g)
+            if args.compensate and old is not None:
+                for q, g, w in zip(lower, old, then, strict=True):
+                    q.grad.add_(args.compensate * g * g * (q.detach() - w))
+        if now is not None:
+            previous = now
         if args.warmup or args.cosine is not None:
             factor = min(1.0, (step + 1) / args.warmup) if args.warmup else 1.0
             if args.cosine is not None:

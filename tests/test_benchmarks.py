@@ -75,6 +75,19 @@ def test_gradient_delay_runs_a_few_steps(tmp_path) -> None:
     assert [c["step"] for c in curve] == [1, 2] and all(3 < c["valid_bpc"] < 7 for c in curve), curve
 
 
+@pytest.mark.parametrize("lever", [("--predict",), ("--compensate", 100)])
+def test_gradient_delay_levers_against_staleness_run(tmp_path, lever) -> None:
+    """Weight prediction and delay compensation (DC-ASGD) run a few delayed steps and score the model."""
+    data = shared_data_dir()
+    if data is None or not (data / "ptb").is_dir():
+        pytest.skip("Penn Treebank not found: set SYNTHGRAD_DATA_DIR or put ../shared/data beside the checkout")
+    out = tmp_path / "delay.json"
+    r = bench("benchmarks/gradient_delay.py", "--data-dir", data, "--json", out, "--max-tokens", 8192, *lever)
+    assert r.returncode == 0, r.stderr[-3000:]
+    curve = json.loads(out.read_text())["curve"]
+    assert len(curve) == 4 and all(3 < c["valid_bpc"] < 7 for c in curve), curve
+
+
 def test_step_time_times_the_closed_form_against_autograd(tmp_path) -> None:
     """`step_time.py --variants` times a chosen subset beside backprop; the `_autograd` variants turn the closed-form
     fit off ([Note: closed-form fit]), and an unknown variant is refused by name."""
